@@ -1,0 +1,156 @@
+"""The function every Horovod rank runs on its Spark executor.
+
+It receives only plain values (a dict of str/int/float/lists), imports TensorFlow and Horovod
+inside, and returns plain values: Spark pickles it to the executors, where no driver state exists.
+"""
+from __future__ import annotations
+
+import hashlib
+import math
+import os
+import time
+
+
+def read_shard(url: str, rank: int, size: int):
+    """This rank's row-group shard of a Petastorm split, as (indices, images, labels) arrays."""
+    import numpy as np
+    from petastorm import make_reader
+
+    indices, images, labels = [], [], []
+    # Horovod: row groups are dealt to ranks round-robin; each rank reads only its own.
+    with make_reader(url, schema_fields=["index", "image", "label"], cur_shard=rank,
+                     shard_count=size, num_epochs=1, shuffle_row_groups=False,
+                     reader_pool_type="thread", workers_count=2) as reader:
+        for row in reader:
+            indices.append(row.index)
+            images.append(row.image)
+            labels.append(row.label)
+    if not indices:
+        return (np.zeros((0,), np.int64), None, np.zeros((0,), np.int32))
+    return np.asarray(indices, np.int64), np.stack(images), np.asarray(labels, np.int32)
+
+
+def weights_digest(model) -> str:
+    digest = hashlib.sha256()
+    for weight in model.get_weights():
+        digest.update(weight.tobytes())
+    return digest.hexdigest()
+
+
+def train_worker(settings: dict) -> dict:
+    import numpy as np
+    import tensorflow as tf
+    import horovod.tensorflow as hvd_tf
+    import horovod.tensorflow.keras as hvd
+
+    from nnfund_spark.models import build_model
+    from nnfund_spark.training.callbacks import (EpochLogger, MlflowEpochLogger,
+                                                  ShardedEvaluation, WarmupCosineSchedule,
+                                                  sharded_evaluate)
+
+    hvd.init()
+    rank, size = hvd.rank(), hvd.size()
+    threads = settings["intra_op_threads"] or max(1, (os.cpu_count() or 1) // hvd.local_size())
+    tf.config.threading.set_intra_op_parallelism_threads(threads)
+    tf.config.threading.set_inter_op_parallelism_threads(max(2, threads))
+    # Weights are broadcast from rank 0, so per-rank seeds only change shuffling and dropout.
+    tf.keras.utils.set_random_seed(settings["seed"] + rank)
+
+    started = time.time()
+    shards = {split: read_shard(settings["split_urls"][split], rank, size)
+              for split in ("train", "validation", "test")}
+    read_seconds = time.time() - started
+    train_index, train_images, train_labels = shards["train"]
+    shard_sizes = hvd_tf.allgather_object(len(train_index))
+    batch_size = settings["batch_size"]
+    # Horovod: every rank must run the same number of steps or an allreduce waits forever;
+    # the smallest shard decides.
+    steps = min(shard_sizes) // batch_size
+    if steps == 0:
+        raise ValueError(f"train shards of sizes {shard_sizes} are smaller than one batch of "
+                         f"{batch_size}: lower train.batch_size or train.num_proc")
+
+    dataset = (tf.data.Dataset.from_tensor_slices((train_images, train_labels))
+               .shuffle(len(train_index), seed=settings["seed"] + rank,
+                        reshuffle_each_iteration=True)
+               .batch(batch_size, drop_remainder=True)
+               .take(steps)
+               .map(lambda x, y: (tf.cast(x, tf.float32), y), num_parallel_calls=tf.data.AUTOTUNE)
+               .prefetch(tf.data.AUTOTUNE))
+
+    manifest = settings["manifest"]
+    model = build_model(settings["model"], manifest["image_shape"], manifest["num_classes"],
+                        dropout=settings["dropout"], dense_dropout=settings["dense_dropout"])
+    peak_lr = settings["learning_rate"] * (size if settings["scale_lr_by_workers"] else 1)
+    optimizer = _make_optimizer(settings["optimizer"], peak_lr)
+    # Horovod: average gradients across ranks before each update.
+    optimizer = hvd.DistributedOptimizer(optimizer)
+    model.compile(optimizer=optimizer, loss="sparse_categorical_crossentropy",
+                  metrics=["accuracy"])
+
+    callbacks = [
+        # Horovod: every rank starts from rank 0's initial weights.
+        hvd.callbacks.BroadcastGlobalVariablesCallback(0),
+        WarmupCosineSchedule(peak_lr, steps, settings["epochs"], settings["warmup_epochs"],
+                             settings["final_lr_fraction"]),
+        # Horovod: report train metrics averaged over ranks, not rank 0's alone.
+        hvd.callbacks.MetricAverageCallback(),
+        ShardedEvaluation(shards["validation"][1:], batch_size=512, prefix="val_"),
+    ]
+    if rank == 0:
+        callbacks.append(EpochLogger(steps * batch_size * size, settings["verbose"]))
+        if settings.get("mlflow_run_id"):
+            callbacks.append(MlflowEpochLogger(settings["tracking_uri"], settings["mlflow_run_id"]))
+
+    history = model.fit(dataset, epochs=settings["epochs"], verbose=0, callbacks=callbacks)
+    test = sharded_evaluate(model, *shards["test"][1:], batch_size=512)
+
+    result = {
+        "rank": rank,
+        "size": size,
+        "weights_sha256": weights_digest(model),
+        "train_shard_size": int(len(train_index)),
+        "steps_per_epoch": int(steps),
+        "read_seconds": round(read_seconds, 3),
+        "train_seconds": round(time.time() - started - read_seconds, 3),
+    }
+    if settings.get("return_shard_indices"):
+        result["train_indices"] = train_index.tolist()
+    if rank == 0:
+        result.update({
+            "history": {k: [float(v) for v in vals] for k, vals in history.history.items()},
+            "test_loss": test["loss"], "test_accuracy": test["accuracy"],
+            "test_count": test["count"],
+            "weights": model.get_weights(),
+        })
+    return result
+
+
+def _make_optimizer(name: str, learning_rate: float):
+    import tensorflow as tf
+    opt = tf.keras.optimizers
+    factories = {
+        "sgd": lambda: opt.SGD(learning_rate),
+        "momentum": lambda: opt.SGD(learning_rate, momentum=0.9),
+        "nesterov": lambda: opt.SGD(learning_rate, momentum=0.9, nesterov=True),
+        "adagrad": lambda: opt.Adagrad(learning_rate),
+        "adadelta": lambda: opt.Adadelta(learning_rate),
+        "rmsprop": lambda: opt.RMSprop(learning_rate),
+        "adam": lambda: opt.Adam(learning_rate),
+        "adamax": lambda: opt.Adamax(learning_rate),
+        "nadam": lambda: opt.Nadam(learning_rate),
+    }
+    if name not in factories:
+        raise ValueError(f"unknown optimizer '{name}'; available: {', '.join(factories)}")
+    return factories[name]()
+
+
+def cosine_lr(step: int, peak: float, total_steps: int, warmup_steps: int,
+              final_fraction: float) -> float:
+    """Linear warm-up from peak/10 to peak, then cosine decay to peak * final_fraction."""
+    if warmup_steps and step < warmup_steps:
+        return peak * (0.1 + 0.9 * step / warmup_steps)
+    if final_fraction >= 1.0 or total_steps <= warmup_steps:
+        return peak
+    progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
+    return peak * (final_fraction + (1 - final_fraction) * 0.5 * (1 + math.cos(math.pi * progress)))

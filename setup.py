@@ -1,0 +1,55 @@
+"""nnfund_spark: deep-learning fundamentals as distributed training jobs on Spark.
+
+install_requires holds ranges wide enough for the Databricks ML runtimes (TF 2.14, Python 3.10)
+and for our own pinned stack; exact versions live only in constraints.txt.
+Horovod is not listed: it is compiled against the installed TensorFlow (see the Makefile) or
+comes preinstalled with the cluster runtime.
+"""
+import re
+from pathlib import Path
+
+from setuptools import find_packages, setup
+
+HERE = Path(__file__).parent
+VERSION = re.search(r'__version__ = "([^"]+)"',
+                    (HERE / "nnfund_spark" / "__init__.py").read_text()).group(1)
+
+setup(
+    name="nnfund_spark",
+    version=VERSION,
+    description="Deep-learning fundamentals as reproducible distributed jobs: "
+                "Spark + Petastorm data prep, Horovod-on-Spark Keras training, MLflow tracking.",
+    long_description=(HERE / "README.md").read_text(encoding="utf-8"),
+    long_description_content_type="text/markdown",
+    python_requires=">=3.10,<3.12",
+    packages=find_packages(include=["nnfund_spark", "nnfund_spark.*"]),
+    package_data={"nnfund_spark": ["conf/*.yaml", "conf/**/*.yaml"]},
+    include_package_data=True,
+    install_requires=[
+        "numpy>=1.23,<2",
+        "pandas>=1.5,<3",
+        "pyarrow>=8,<11",          # Horovod's Spark estimator breaks on >= 11, Petastorm on >= 15
+        "pyspark>=3.3,<4",
+        "petastorm>=0.12.1,<0.14",
+        "mlflow>=2.9,<4",
+        "pyyaml>=5.4",
+        "pillow>=9",
+        "matplotlib>=3.5",
+        "opencv-python-headless>=4.5",
+    ],
+    extras_require={
+        # Pick one TensorFlow build. Databricks ML runtimes ship TF already: install with no extra.
+        "cpu": ["tensorflow-cpu>=2.12,<2.16"],
+        "gpu": ["tensorflow>=2.12,<2.16"],
+        "test": ["pytest>=7"],
+    },
+    entry_points={
+        "console_scripts": [
+            "nnfund-spark=nnfund_spark.cli:main",
+        ],
+    },
+    classifiers=[
+        "Programming Language :: Python :: 3.10",
+        "Programming Language :: Python :: 3.11",
+    ],
+)
