@@ -24,6 +24,8 @@ def build_session(config: SparkConfig, master: str | None = None):
         builder = builder.master(master)
     elif not SparkConf().contains("spark.master"):
         builder = builder.master(DEFAULT_LOCAL_MASTER)
+    # Horovod ranks print their own per-epoch lines; Spark's progress bar would interleave.
+    builder = builder.config("spark.ui.showConsoleProgress", "false")
     for key, value in config.conf.items():
         builder = builder.config(key, str(value))
     return builder.getOrCreate()

@@ -111,12 +111,13 @@ def run_training(spark, config: JobConfig, extra_settings: dict | None = None) -
                             "train_wall_seconds": wall})
         mlflow.set_tag("weights_identical_across_ranks",
                        str(len({r["weights_sha256"] for r in results}) == 1))
+        model_uri = None
         if config.tracking.log_model:
-            log_keras_model(rank0["weights"], config, manifest)
+            model_uri = log_keras_model(rank0["weights"], config, manifest).model_uri
 
     for result in results:
         result.pop("weights", None)
-    return {"run_id": run.info.run_id, "tracking_uri": tracking_uri,
+    return {"run_id": run.info.run_id, "tracking_uri": tracking_uri, "model_uri": model_uri,
             "test_accuracy": rank0["test_accuracy"], "test_loss": rank0["test_loss"],
             "test_count": rank0["test_count"], "history": rank0["history"],
             "wall_seconds": wall, "ranks": results}

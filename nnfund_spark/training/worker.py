@@ -16,6 +16,8 @@ def read_shard(url: str, rank: int, size: int):
     import numpy as np
     from petastorm import make_reader
 
+    from nnfund_spark.data.schema import as_hwc
+
     indices, images, labels = [], [], []
     # Horovod: row groups are dealt to ranks round-robin; each rank reads only its own.
     with make_reader(url, schema_fields=["index", "image", "label"], cur_shard=rank,
@@ -27,7 +29,8 @@ def read_shard(url: str, rank: int, size: int):
             labels.append(row.label)
     if not indices:
         return (np.zeros((0,), np.int64), None, np.zeros((0,), np.int32))
-    return np.asarray(indices, np.int64), np.stack(images), np.asarray(labels, np.int32)
+    return (np.asarray(indices, np.int64), as_hwc(np.stack(images)),
+            np.asarray(labels, np.int32))
 
 
 def weights_digest(model) -> str:
@@ -38,6 +41,10 @@ def weights_digest(model) -> str:
 
 
 def train_worker(settings: dict) -> dict:
+    import warnings
+
+    # Petastorm 0.13 on pyarrow 10 warns about deprecated ParquetDataset attributes per read.
+    warnings.filterwarnings("ignore", category=FutureWarning, module="petastorm")
     import numpy as np
     import tensorflow as tf
     import horovod.tensorflow as hvd_tf

@@ -1,0 +1,28 @@
+# Two commands do all set-up: `make demo` and `make test`. Both create or refresh .venv only
+# when it is missing or stale (scripts/setup_venv.sh), and fetch MNIST only when it is missing.
+SHELL := /bin/bash
+VENV ?= .venv
+BIN := $(VENV)/bin
+MNIST_DATASET := data/petastorm/mnist
+PYTEST_ARGS ?=
+
+.PHONY: setup data demo test clean-data
+
+setup:
+	@VENV=$(VENV) bash scripts/setup_venv.sh
+
+data: setup
+	@bash scripts/get_data.sh mnist
+
+$(MNIST_DATASET)/manifest.json: | data
+	$(BIN)/nnfund-spark prepare -c conf/mnist.yaml
+
+# Full MNIST, 2 Horovod ranks on local Spark, tracked in ./mlflow.db.
+demo: setup data $(MNIST_DATASET)/manifest.json
+	$(BIN)/nnfund-spark train -c conf/mnist.yaml
+
+test: setup data
+	$(BIN)/python -m pytest tests $(PYTEST_ARGS)
+
+clean-data:
+	rm -rf data/petastorm
