@@ -1,0 +1,1 @@
+"""Data preparation: raw image sources -> Petastorm Parquet splits with a manifest."""
