@@ -18,10 +18,15 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="nnfund-spark", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     for name, help_text in (("prepare", "prepare a raw image source into Petastorm splits"),
-                            ("train", "train a Keras model with Horovod on Spark")):
+                            ("train", "train a Keras model with Horovod on Spark"),
+                            ("sweep", "train every trial of a sweep file, compared in MLflow")):
         cmd = sub.add_parser(name, help=help_text)
-        cmd.add_argument("-c", "--config", help="YAML config file (only what differs from the "
-                                                "defaults); e.g. conf/mnist.yaml")
+        if name == "sweep":
+            cmd.add_argument("-c", "--config", required=True,
+                             help="sweep file, e.g. conf/experiments/optimizers.yaml")
+        else:
+            cmd.add_argument("-c", "--config", help="YAML config file (only what differs from "
+                                                    "the defaults); e.g. conf/mnist.yaml")
         cmd.add_argument("--set", dest="overrides", action="append", default=[],
                          metavar="KEY=VALUE", help="dotted override, e.g. train.epochs=2; repeatable")
         cmd.add_argument("--master", help="Spark master (default: spark-submit's, else local[*])")
@@ -43,13 +48,21 @@ def main(argv: list[str] | None = None) -> int:
     if getattr(args, "overwrite", False):
         overrides.append("data.overwrite=true")
     try:
-        config = load_config(args.config, overrides)
+        if args.command == "sweep":
+            from nnfund_spark.experiments.sweep import load_sweep
+            sweep = load_sweep(args.config, overrides)
+            config = sweep.trials[0].config
+        else:
+            config = load_config(args.config, overrides)
     except ConfigError as exc:
         print(f"nnfund-spark: config error: {exc}", file=sys.stderr)
         return 2
     if args.print_config:
         from nnfund_spark.config import to_dict
-        print(json.dumps(to_dict(config), indent=2))
+        if args.command == "sweep":
+            print(json.dumps({t.name: to_dict(t.config) for t in sweep.trials}, indent=2))
+        else:
+            print(json.dumps(to_dict(config), indent=2))
         return 0
 
     from nnfund_spark.spark import build_session
@@ -60,6 +73,14 @@ def main(argv: list[str] | None = None) -> int:
             manifest = prepare_dataset(spark, config.data)
             counts = {split: info["count"] for split, info in manifest["splits"].items()}
             print(f"prepared {manifest['source']['name']} into {config.data.output_dir}: {counts}")
+        elif args.command == "sweep":
+            from nnfund_spark.experiments.runner import run_sweep
+            from nnfund_spark.experiments.sweep import rows_to_markdown
+            summary = run_sweep(spark, sweep)
+            print(rows_to_markdown(summary["rows"]))
+            print(f"best trial: {summary['best_trial']} (parent MLflow run "
+                  f"{summary['parent_run_id']})")
+            print(f"MLflow UI: mlflow ui --backend-store-uri {summary['tracking_uri']}")
         else:
             from nnfund_spark.training.launcher import run_training
             summary = run_training(spark, config)

@@ -59,6 +59,36 @@ def test_mlflow_run_reads_back(trained, small_mnist):
         assert sorted(m.step for m in history) == [1, 2], key
     assert run.data.metrics["test_accuracy"] == pytest.approx(summary["test_accuracy"])
 
+    tags = run.data.tags
+    for key in ("nnfund_spark.version", "spark.master", "tensorflow.version", "horovod.version"):
+        assert tags.get(key), key
+    assert tags["device"] == "CPU" and tags["weights_identical_across_ranks"] == "True"
+    assert int(params["model.parameters"]) == 1_199_882
+
+    # The artifacts a user opens in the UI.
+    def listing(path=None):
+        found = []
+        for item in client.list_artifacts(run.info.run_id, path):
+            found.extend(listing(item.path) if item.is_dir else [item.path])
+        return found
+    artifacts = set(listing())
+    for expected in ("plots/learning_curves.png", "plots/confusion_matrix.png",
+                     "tables/confusion_matrix.csv", "model_summary.txt",
+                     "convolutions/first_layer_filters.png", "convolutions/activation_maps.png",
+                     "convolutions/activation_stats.json", "dataset/manifest.json"):
+        assert expected in artifacts, expected
+    assert any(path.startswith("tensorboard/") for path in artifacts)
+    local = client.download_artifacts(run.info.run_id, "tables/confusion_matrix.csv")
+    rows = [line.split(",") for line in open(local).read().splitlines()[1:]]
+    matrix = np.array([[int(v) for v in row[1:]] for row in rows])
+    assert matrix.shape == (10, 10) and matrix.sum() == 2000
+    assert np.trace(matrix) / 2000 == pytest.approx(summary["test_accuracy"])
+    import json
+    stats = json.load(open(client.download_artifacts(run.info.run_id,
+                                                     "convolutions/activation_stats.json")))
+    assert set(stats) == {"conv1", "conv2"}
+    assert stats["conv1"]["shape"] == [26, 26, 32] and stats["conv1"]["min"] >= 0.0  # ReLU
+
     # The logged model loads through pyfunc and reproduces the logged test accuracy exactly.
     out, _ = small_mnist
     from tests.test_prepare import read_split

@@ -14,8 +14,12 @@ from typing import Iterator, Optional
 
 from nnfund_spark.config import TrackingConfig
 
-# Keys whose values are never logged: they hold credentials.
-_SECRET_KEY = re.compile(r"(token|secret|password|passwd|api[_-]?key|credential|auth)", re.I)
+# Keys whose values are never logged: they hold credentials (e.g. spark.conf entries such as
+# spark.hadoop.fs.s3a.secret.key or a Databricks token).
+_SECRET_KEY = re.compile(r"(token|secret|passw|credential|auth|private|access[._-]?key|"
+                         r"api[._-]?key|sas[._-]?key|account[._-]?key)", re.I)
+# user:password@ in URIs (a tracking server or storage URL with inline credentials).
+_URI_USERINFO = re.compile(r"(?P<scheme>[a-z][a-z0-9+.-]*://)[^/@\s]+@", re.I)
 
 
 def resolve_tracking_uri(tracking: TrackingConfig, workdir: Optional[Path] = None) -> str:
@@ -36,25 +40,77 @@ def _artifact_location(tracking_uri: str) -> Optional[str]:
 
 
 def redact(params: dict) -> dict:
-    return {key: ("***" if _SECRET_KEY.search(key) and value else value)
-            for key, value in params.items()}
+    """Params safe to log: credential-looking keys get '***', URIs lose inline user:password."""
+    safe = {}
+    for key, value in params.items():
+        if _SECRET_KEY.search(key) and value not in (None, ""):
+            safe[key] = "***"
+        elif isinstance(value, str):
+            safe[key] = _URI_USERINFO.sub(lambda m: m.group("scheme") + "***@", value)
+        else:
+            safe[key] = value
+    return safe
 
 
-@contextmanager
-def start_job_run(tracking: TrackingConfig, tracking_uri: str) -> Iterator:
-    """Open the job's one MLflow run; on error it ends FAILED with the error recorded as a tag."""
+def ensure_experiment(name: str, tracking_uri: str) -> str:
     import mlflow
 
     mlflow.set_tracking_uri(tracking_uri)
-    experiment = mlflow.get_experiment_by_name(tracking.experiment)
+    experiment = mlflow.get_experiment_by_name(name)
     if experiment is None:
-        experiment_id = mlflow.create_experiment(tracking.experiment,
-                                                 artifact_location=_artifact_location(tracking_uri))
-    else:
-        experiment_id = experiment.experiment_id
-    with mlflow.start_run(experiment_id=experiment_id, run_name=tracking.run_name) as run:
+        return mlflow.create_experiment(name, artifact_location=_artifact_location(tracking_uri))
+    return experiment.experiment_id
+
+
+@contextmanager
+def start_job_run(tracking: TrackingConfig, tracking_uri: str, run_name: Optional[str] = None
+                  ) -> Iterator:
+    """Open the job's one MLflow run (nested under the active run, if any: sweeps); on error it
+    ends FAILED with the error message recorded in the 'error' tag."""
+    import mlflow
+
+    experiment_id = ensure_experiment(tracking.experiment, tracking_uri)
+    nested = mlflow.active_run() is not None
+    with mlflow.start_run(experiment_id=experiment_id, run_name=run_name or tracking.run_name,
+                          nested=nested) as run:
         try:
             yield run
         except BaseException as exc:
             mlflow.set_tag("error", f"{type(exc).__name__}: {exc}"[:5000])
             raise
+
+
+def git_commit(start: Optional[Path] = None) -> Optional[str]:
+    """The commit of the checkout this package runs from, or None (installed wheel, no git)."""
+    import subprocess
+    start = start or Path(__file__).resolve().parent
+    try:
+        proc = subprocess.run(["git", "rev-parse", "HEAD"], cwd=start, capture_output=True,
+                              text=True, timeout=5)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    commit = proc.stdout.strip()
+    return commit if proc.returncode == 0 and len(commit) == 40 else None
+
+
+def run_tags(spark) -> dict:
+    """Provenance tags: what code and which stack produced the run."""
+    import platform
+
+    import horovod
+    import pyspark
+    import tensorflow as tf
+
+    from nnfund_spark import __version__
+    tags = {
+        "nnfund_spark.version": __version__,
+        "spark.master": spark.sparkContext.master,
+        "spark.version": pyspark.__version__,
+        "tensorflow.version": tf.__version__,
+        "horovod.version": horovod.__version__,
+        "python.version": platform.python_version(),
+    }
+    commit = git_commit()
+    if commit:
+        tags["git.commit"] = commit
+    return tags

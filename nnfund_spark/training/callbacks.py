@@ -8,25 +8,29 @@ import numpy as np
 import tensorflow as tf
 
 
-def sharded_evaluate(model, images, labels, batch_size: int = 512) -> dict:
-    """Exact loss/accuracy over the union of all ranks' shards (sums are allreduced, so unequal
-    shard sizes are weighted correctly). Every rank must call it: it is a collective."""
+def sharded_evaluate(model, images, labels, num_classes: int, batch_size: int = 512) -> dict:
+    """Exact loss, accuracy and confusion matrix over the union of all ranks' shards: sums and
+    counts are allreduced, so unequal shard sizes are weighted correctly. Every rank must call
+    it (it is a collective), even with an empty shard."""
     import horovod.tensorflow as hvd_tf
 
-    loss_sum, correct, count = 0.0, 0.0, 0.0
+    loss_sum = 0.0
+    confusion = np.zeros((num_classes, num_classes), np.float64)
     if images is not None and len(labels):
         probabilities = model.predict(images.astype(np.float32), batch_size=batch_size, verbose=0)
         picked = probabilities[np.arange(len(labels)), labels]
         loss_sum = float(-np.log(np.clip(picked, 1e-7, 1.0)).sum())
-        correct = float((probabilities.argmax(axis=1) == labels).sum())
-        count = float(len(labels))
-    totals = hvd_tf.allreduce(tf.constant([loss_sum, correct, count], tf.float64), op=hvd_tf.Sum,
-                              name=f"sharded_evaluate_{sharded_evaluate.calls}")
+        np.add.at(confusion, (labels, probabilities.argmax(axis=1)), 1)
+    packed = np.concatenate([[loss_sum], confusion.ravel()])
+    totals = hvd_tf.allreduce(tf.constant(packed, tf.float64), op=hvd_tf.Sum,
+                              name=f"sharded_evaluate_{sharded_evaluate.calls}").numpy()
     sharded_evaluate.calls += 1
-    loss_sum, correct, count = totals.numpy().tolist()
+    confusion = totals[1:].reshape(num_classes, num_classes).round().astype(np.int64)
+    count = int(confusion.sum())
     if count == 0:
         raise ValueError("evaluation split is empty on every rank")
-    return {"loss": loss_sum / count, "accuracy": correct / count, "count": int(count)}
+    return {"loss": float(totals[0]) / count, "accuracy": float(np.trace(confusion)) / count,
+            "count": count, "confusion": confusion.tolist()}
 
 
 sharded_evaluate.calls = 0
@@ -35,14 +39,16 @@ sharded_evaluate.calls = 0
 class ShardedEvaluation(tf.keras.callbacks.Callback):
     """Evaluate on each rank's validation shard at epoch end and put exact totals in the logs."""
 
-    def __init__(self, shard, batch_size: int = 512, prefix: str = "val_"):
+    def __init__(self, shard, num_classes: int, batch_size: int = 512, prefix: str = "val_"):
         super().__init__()
         self.images, self.labels = shard
+        self.num_classes = num_classes
         self.batch_size = batch_size
         self.prefix = prefix
 
     def on_epoch_end(self, epoch, logs=None):
-        result = sharded_evaluate(self.model, self.images, self.labels, self.batch_size)
+        result = sharded_evaluate(self.model, self.images, self.labels, self.num_classes,
+                                  self.batch_size)
         if logs is not None:
             logs[f"{self.prefix}loss"] = result["loss"]
             logs[f"{self.prefix}accuracy"] = result["accuracy"]

@@ -40,12 +40,56 @@ def weights_digest(model) -> str:
     return digest.hexdigest()
 
 
+def select_gpu(local_rank: int, assigned: list[str]) -> tuple[int, str]:
+    """Which GPU index a rank pins: the first address Spark's GPU scheduling assigned to its
+    barrier task, else its local rank (clusters without resource scheduling)."""
+    if assigned:
+        return int(assigned[0]), "spark"
+    return local_rank, "local_rank"
+
+
+def configure_devices(tf, local_rank: int, settings: dict) -> dict:
+    """Pin exactly one GPU per rank (memory growth on), optional mixed precision; CPU otherwise."""
+    from horovod.spark.task import get_available_devices
+
+    assigned = [str(a) for a in get_available_devices()]
+    index, source = select_gpu(local_rank, assigned)
+    gpus = tf.config.list_physical_devices("GPU")
+    if gpus:
+        if index >= len(gpus):
+            raise ValueError(f"rank with local rank {local_rank} was assigned GPU {index} "
+                             f"({source}) but only {len(gpus)} GPUs are visible")
+        tf.config.set_visible_devices(gpus[index], "GPU")
+        tf.config.experimental.set_memory_growth(gpus[index], True)
+    if settings.get("mixed_precision"):
+        tf.keras.mixed_precision.set_global_policy("mixed_float16")
+    return {"device": "GPU" if gpus else "CPU", "visible_gpus": len(gpus),
+            "assigned_gpus": assigned, "gpu_index": index if (gpus or assigned) else None,
+            "gpu_source": source}
+
+
 def train_worker(settings: dict) -> dict:
+    """Entry point of every rank. A rank's exception is recorded on the job's MLflow run
+    (tag error.rank<N>) before it propagates, so the driver can report the worker's own error
+    rather than Horovod's generic "a process exited with non-zero status"."""
+    try:
+        return _train(settings)
+    except BaseException as exc:
+        if settings.get("mlflow_run_id"):
+            from mlflow.tracking import MlflowClient
+            rank = os.environ.get("HOROVOD_RANK", "unknown")
+            MlflowClient(settings["tracking_uri"]).set_tag(
+                settings["mlflow_run_id"], f"error.rank{rank}",
+                f"{type(exc).__name__}: {exc}"[:4000])
+        raise
+
+
+def _train(settings: dict) -> dict:
+    import tempfile
     import warnings
 
     # Petastorm 0.13 on pyarrow 10 warns about deprecated ParquetDataset attributes per read.
     warnings.filterwarnings("ignore", category=FutureWarning, module="petastorm")
-    import numpy as np
     import tensorflow as tf
     import horovod.tensorflow as hvd_tf
     import horovod.tensorflow.keras as hvd
@@ -57,6 +101,7 @@ def train_worker(settings: dict) -> dict:
 
     hvd.init()
     rank, size = hvd.rank(), hvd.size()
+    devices = configure_devices(tf, hvd.local_rank(), settings)
     threads = settings["intra_op_threads"] or max(1, (os.cpu_count() or 1) // hvd.local_size())
     tf.config.threading.set_intra_op_parallelism_threads(threads)
     tf.config.threading.set_inter_op_parallelism_threads(max(2, threads))
@@ -86,14 +131,16 @@ def train_worker(settings: dict) -> dict:
                .prefetch(tf.data.AUTOTUNE))
 
     manifest = settings["manifest"]
-    model = build_model(settings["model"], manifest["image_shape"], manifest["num_classes"],
+    num_classes = manifest["num_classes"]
+    model = build_model(settings["model"], manifest["image_shape"], num_classes,
                         dropout=settings["dropout"], dense_dropout=settings["dense_dropout"])
     peak_lr = settings["learning_rate"] * (size if settings["scale_lr_by_workers"] else 1)
     optimizer = _make_optimizer(settings["optimizer"], peak_lr)
-    # Horovod: average gradients across ranks before each update.
-    optimizer = hvd.DistributedOptimizer(optimizer)
+    # Horovod: average gradients across ranks before each update (optionally sent as fp16).
+    compression = hvd.Compression.fp16 if settings.get("fp16_allreduce") else hvd.Compression.none
+    optimizer = hvd.DistributedOptimizer(optimizer, compression=compression)
     model.compile(optimizer=optimizer, loss="sparse_categorical_crossentropy",
-                  metrics=["accuracy"])
+                  metrics=["accuracy"], jit_compile=bool(settings.get("xla")))
 
     callbacks = [
         # Horovod: every rank starts from rank 0's initial weights.
@@ -102,15 +149,22 @@ def train_worker(settings: dict) -> dict:
                              settings["final_lr_fraction"]),
         # Horovod: report train metrics averaged over ranks, not rank 0's alone.
         hvd.callbacks.MetricAverageCallback(),
-        ShardedEvaluation(shards["validation"][1:], batch_size=512, prefix="val_"),
+        ShardedEvaluation(shards["validation"][1:], num_classes, batch_size=512, prefix="val_"),
     ]
+    tensorboard_dir = None
     if rank == 0:
         callbacks.append(EpochLogger(steps * batch_size * size, settings["verbose"]))
         if settings.get("mlflow_run_id"):
+            tensorboard_dir = tempfile.mkdtemp(prefix="nnfund-tensorboard-")
+            callbacks.append(tf.keras.callbacks.TensorBoard(tensorboard_dir, profile_batch=0))
             callbacks.append(MlflowEpochLogger(settings["tracking_uri"], settings["mlflow_run_id"]))
 
     history = model.fit(dataset, epochs=settings["epochs"], verbose=0, callbacks=callbacks)
-    test = sharded_evaluate(model, *shards["test"][1:], batch_size=512)
+    test = sharded_evaluate(model, *shards["test"][1:], num_classes, batch_size=512)
+    if tensorboard_dir:
+        from mlflow.tracking import MlflowClient
+        MlflowClient(settings["tracking_uri"]).log_artifacts(
+            settings["mlflow_run_id"], tensorboard_dir, "tensorboard")
 
     result = {
         "rank": rank,
@@ -120,6 +174,7 @@ def train_worker(settings: dict) -> dict:
         "steps_per_epoch": int(steps),
         "read_seconds": round(read_seconds, 3),
         "train_seconds": round(time.time() - started - read_seconds, 3),
+        **devices,
     }
     if settings.get("return_shard_indices"):
         result["train_indices"] = train_index.tolist()
@@ -127,7 +182,7 @@ def train_worker(settings: dict) -> dict:
         result.update({
             "history": {k: [float(v) for v in vals] for k, vals in history.history.items()},
             "test_loss": test["loss"], "test_accuracy": test["accuracy"],
-            "test_count": test["count"],
+            "test_count": test["count"], "test_confusion": test["confusion"],
             "weights": model.get_weights(),
         })
     return result

@@ -1,0 +1,1 @@
+"""Experiments: sweeps of training jobs compared under one MLflow parent run."""

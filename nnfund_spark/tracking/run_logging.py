@@ -1,0 +1,36 @@
+"""What the driver logs into a training run once the ranks are done."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+
+from nnfund_spark.tracking import artifacts
+
+
+def log_training_artifacts(model, history: dict, confusion, class_names: list[str],
+                           images: np.ndarray) -> None:
+    """Learning curves, confusion matrix (figure + CSV), model summary, and for CNNs the first
+    layer's filters and every conv layer's activation maps (with min/max) on a few test images."""
+    import matplotlib.pyplot as plt
+    import mlflow
+
+    figure = artifacts.learning_curves_figure(history)
+    mlflow.log_figure(figure, "plots/learning_curves.png")
+    plt.close(figure)
+    confusion = np.asarray(confusion)
+    figure = artifacts.confusion_matrix_figure(confusion, class_names)
+    mlflow.log_figure(figure, "plots/confusion_matrix.png")
+    plt.close(figure)
+    mlflow.log_text(artifacts.confusion_matrix_csv(confusion, class_names),
+                    "tables/confusion_matrix.csv")
+    mlflow.log_text(artifacts.model_summary_text(model), "model_summary.txt")
+
+    figure = artifacts.first_layer_filters_figure(model)
+    if figure is not None:
+        mlflow.log_figure(figure, "convolutions/first_layer_filters.png")
+        plt.close(figure)
+        figure, stats = artifacts.activation_maps_figure(model, images)
+        mlflow.log_figure(figure, "convolutions/activation_maps.png")
+        plt.close(figure)
+        mlflow.log_text(json.dumps(stats, indent=2), "convolutions/activation_stats.json")

@@ -1,0 +1,120 @@
+"""MLflow behaviour that teams rely on: failures recorded, secrets never logged, HTTP server."""
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+
+import pytest
+
+from nnfund_spark.config import load_config
+from nnfund_spark.tracking.mlflow_utils import redact
+from nnfund_spark.training.launcher import WorkerError, run_training
+
+SECRET = "SuperSecret-123"
+
+
+def test_redact_hides_credential_keys_and_uri_passwords():
+    params = {"spark.conf.spark.hadoop.fs.s3a.secret.key": SECRET,
+              "spark.conf.spark.hadoop.fs.s3a.access.key": "AKIA-something",
+              "spark.conf.fs.azure.account.key.acct.dfs.core.windows.net": SECRET,
+              "tracking.tracking_uri": f"https://alice:{SECRET}@mlflow.example.com",
+              "db.password": SECRET, "api_token": SECRET, "train.epochs": 3,
+              "tracking.run_name": "keep me", "data.output_dir": "s3a://bucket/path"}
+    safe = redact(params)
+    assert SECRET not in repr(safe) and "AKIA" not in repr(safe)
+    assert safe["tracking.tracking_uri"] == "https://***@mlflow.example.com"
+    assert safe["train.epochs"] == 3 and safe["tracking.run_name"] == "keep me"
+    assert safe["data.output_dir"] == "s3a://bucket/path"
+
+
+def test_failed_job_leaves_a_failed_run_with_the_error(spark, small_mnist, tmp_path):
+    from mlflow.tracking import MlflowClient
+
+    out, _ = small_mnist
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    # a per-rank batch larger than a rank's shard: the workers raise, Horovod stops the job
+    config = load_config(None, [f"data.output_dir={out}", "train.batch_size=5000",
+                                f"tracking.tracking_uri={uri}", "tracking.experiment=failing"])
+    with pytest.raises(WorkerError) as err:
+        run_training(spark, config)
+    # the workers' own error, not just Horovod's "a process exited with non-zero status"
+    assert "smaller than one batch of 5000" in str(err.value)
+    assert "rank 0:" in str(err.value) and "rank 1:" in str(err.value)
+    client = MlflowClient(uri)
+    experiment = client.get_experiment_by_name("failing")
+    (run,) = client.search_runs([experiment.experiment_id])
+    assert run.info.status == "FAILED"
+    assert run.data.tags["error"].startswith("WorkerError: training failed on 2 rank(s)")
+
+
+def _free_port():
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture
+def mlflow_server(tmp_path):
+    port = _free_port()
+    log = open(tmp_path / "server.log", "w")
+    proc = subprocess.Popen(
+        [os.path.join(os.path.dirname(sys.executable), "mlflow"), "server", "--host", "127.0.0.1",
+         "--port", str(port), "--workers", "1",
+         "--backend-store-uri", f"sqlite:///{tmp_path}/server.db",
+         "--artifacts-destination", str(tmp_path / "server-artifacts")],
+        stdout=log, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.time() + 90
+    while True:
+        try:
+            with urllib.request.urlopen(url + "/health", timeout=2) as response:
+                if response.status == 200:
+                    break
+        except OSError:
+            pass
+        if proc.poll() is not None or time.time() > deadline:
+            proc.kill()
+            pytest.fail("mlflow server did not start: " + (tmp_path / "server.log").read_text()[-2000:])
+        time.sleep(1)
+    yield url
+    proc.terminate()
+    proc.wait(timeout=30)
+    log.close()
+
+
+def test_training_against_a_tracking_server_and_no_secret_logged(spark, small_mnist, mlflow_server,
+                                                                  monkeypatch):
+    from mlflow.tracking import MlflowClient
+
+    out, _ = small_mnist
+    monkeypatch.setenv("DATABRICKS_TOKEN", SECRET)
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", SECRET)
+    config = load_config(None, [
+        f"data.output_dir={out}", "train.num_proc=1", "train.epochs=1", "train.batch_size=64",
+        f"tracking.tracking_uri={mlflow_server}", "tracking.experiment=over_http",
+        "spark.conf={spark.hadoop.fs.s3a.secret.key: %s}" % SECRET])
+    summary = run_training(spark, config)
+
+    client = MlflowClient(mlflow_server)
+    run = client.get_run(summary["run_id"])
+    assert run.info.status == "FINISHED"
+    assert run.data.params["train.num_proc"] == "1"
+    assert run.data.params["spark.conf.spark.hadoop.fs.s3a.secret.key"] == "***"
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "val_accuracy")] == [1]
+    assert run.data.metrics["test_accuracy"] == pytest.approx(summary["test_accuracy"])
+    names = {a.path for a in client.list_artifacts(run.info.run_id)}
+    assert {"plots", "tables", "tensorboard", "dataset", "model_summary.txt"} <= names
+
+    # no secret anywhere: params, tags, or the text artifacts
+    everything = repr(run.data.params) + repr(run.data.tags)
+    for path in ("model_summary.txt", "dataset/manifest.json", "tables/confusion_matrix.csv"):
+        everything += open(client.download_artifacts(run.info.run_id, path)).read()
+    assert SECRET not in everything
+
+    import mlflow
+    import numpy as np
+    mlflow.set_tracking_uri(mlflow_server)
+    model = mlflow.pyfunc.load_model(summary["model_uri"])
+    assert np.asarray(model.predict(np.zeros((2, 28, 28, 1), np.float32))).shape == (2, 10)
