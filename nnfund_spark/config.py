@@ -100,8 +100,11 @@ def _validate_data(data: DataConfig) -> None:
 class TrainConfig:
     # Model from the zoo (nnfund_spark.models.MODELS).
     model: str = "mnist_cnn"
-    # Horovod ranks, one barrier task each. 2 fills this project's 2-core reference machine.
+    # Horovod ranks, one barrier task each. 2 fills this project's 2-core reference machine;
+    # 0 = every slot the cluster has (GPU slots with GPU scheduling on, else task slots).
     num_proc: int = 2
+    # Cap for num_proc=0 (0 = no cap): more ranks than the data has row groups starve some.
+    max_num_proc: int = 0
     epochs: int = 6
     # Per-rank batch; the global batch is batch_size * num_proc.
     batch_size: int = 64
@@ -124,6 +127,11 @@ class TrainConfig:
     intra_op_threads: int = 0
     # Seconds Horovod waits for all ranks to start before failing instead of hanging.
     start_timeout: int = 120
+    # Rank 0 writes model + optimizer state here after every epoch (None = no checkpoints).
+    # Must be visible to every rank: a local path in local mode, /dbfs/... or NFS on clusters.
+    checkpoint_dir: Optional[str] = None
+    # Continue the run whose checkpoints are in checkpoint_dir (same MLflow run, next epoch).
+    resume: bool = False
     # Print a Keras progress line per epoch on rank 0 (other ranks are always quiet).
     verbose: int = 2
     # GPU only: float16 compute with float32 master weights; ~2x on tensor-core GPUs, and slower
@@ -235,7 +243,7 @@ def validate(config: JobConfig) -> JobConfig:
         value = getattr(getattr(config, section), key)
         if value not in allowed:
             raise ConfigError(f"{dotted}: '{value}' is not one of {', '.join(allowed)}")
-    positive = {"train.epochs": config.train.epochs, "train.num_proc": config.train.num_proc,
+    positive = {"train.epochs": config.train.epochs,
                 "train.batch_size": config.train.batch_size,
                 "train.learning_rate": config.train.learning_rate,
                 "data.row_group_size_mb": config.data.row_group_size_mb}
@@ -253,6 +261,8 @@ def validate(config: JobConfig) -> JobConfig:
         raise ConfigError("train.final_lr_fraction: must be in [0, 1], "
                           f"got {config.train.final_lr_fraction}")
     for dotted, value in {"data.limit": config.data.limit,
+                          "train.num_proc": config.train.num_proc,
+                          "train.max_num_proc": config.train.max_num_proc,
                           "train.intra_op_threads": config.train.intra_op_threads,
                           "train.warmup_epochs": config.train.warmup_epochs}.items():
         if value < 0:

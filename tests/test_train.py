@@ -29,7 +29,18 @@ def test_ranks_train_on_disjoint_shards_and_end_identical(trained):
     # ... yet the weights are bit-identical afterwards: gradients were averaged every step.
     assert ranks[0]["weights_sha256"] == ranks[1]["weights_sha256"]
     assert ranks[0]["steps_per_epoch"] == ranks[1]["steps_per_epoch"]
-    assert ranks[0]["steps_per_epoch"] == min(r["train_shard_size"] for r in ranks) // 32
+    assert ranks[0]["steps_per_epoch"] == -(-max(r["train_shard_size"] for r in ranks) // 32)
+
+
+def test_every_example_exactly_once_per_epoch_reshuffled(trained):
+    _, manifest, summary = trained
+    ranks = sorted(summary["ranks"], key=lambda r: r["rank"])
+    epochs = [ranks[0]["seen_per_epoch"][e] + ranks[1]["seen_per_epoch"][e] for e in range(2)]
+    for seen in epochs:
+        assert len(seen) == len(set(seen)) == manifest["splits"]["train"]["count"]
+    # a new order every epoch and on every rank
+    assert ranks[0]["seen_per_epoch"][0] != ranks[0]["seen_per_epoch"][1]
+    assert sorted(ranks[0]["seen_per_epoch"][0]) == sorted(ranks[0]["seen_per_epoch"][1])
 
 
 def test_learns_something_real(trained):

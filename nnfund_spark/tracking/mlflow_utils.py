@@ -63,16 +63,20 @@ def ensure_experiment(name: str, tracking_uri: str) -> str:
 
 
 @contextmanager
-def start_job_run(tracking: TrackingConfig, tracking_uri: str, run_name: Optional[str] = None
-                  ) -> Iterator:
+def start_job_run(tracking: TrackingConfig, tracking_uri: str, run_name: Optional[str] = None,
+                  run_id: Optional[str] = None) -> Iterator:
     """Open the job's one MLflow run (nested under the active run, if any: sweeps); on error it
     ends FAILED with the error message recorded in the 'error' tag."""
     import mlflow
 
     experiment_id = ensure_experiment(tracking.experiment, tracking_uri)
     nested = mlflow.active_run() is not None
-    with mlflow.start_run(experiment_id=experiment_id, run_name=run_name or tracking.run_name,
-                          nested=nested) as run:
+    if run_id:  # resuming: continue the interrupted run rather than starting over
+        context = mlflow.start_run(run_id=run_id, nested=nested)
+    else:
+        context = mlflow.start_run(experiment_id=experiment_id,
+                                   run_name=run_name or tracking.run_name, nested=nested)
+    with context as run:
         try:
             yield run
         except BaseException as exc:

@@ -84,6 +84,7 @@ class EpochLogger(tf.keras.callbacks.Callback):
     """One line per epoch on rank 0: loss, accuracy, validation, images/s."""
 
     def __init__(self, images_per_epoch: int, verbose: int = 2):
+        # images_per_epoch counts all ranks: every example of the train split once.
         super().__init__()
         self.images_per_epoch = images_per_epoch
         self.verbose = verbose
@@ -123,3 +124,26 @@ class MlflowEpochLogger(tf.keras.callbacks.Callback):
         metrics = [Metric(key, float(value), now, epoch + 1)
                    for key, value in (logs or {}).items() if np.isscalar(value)]
         self.client.log_batch(self.run_id, metrics=metrics)
+
+
+class FaultInjection(tf.keras.callbacks.Callback):
+    """Test hook: kill this rank's process (SIGKILL, no cleanup, like an OOM kill or a lost
+    executor) or raise, at a given epoch and batch. Only added when settings ask for it."""
+
+    def __init__(self, rank: int, target_rank: int, epoch: int, batch: int, mode: str = "kill"):
+        super().__init__()
+        self.active = rank == target_rank
+        self.at = (epoch, batch)
+        self.mode = mode
+        self.epoch = -1
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.epoch = epoch
+
+    def on_train_batch_end(self, batch, logs=None):
+        if self.active and (self.epoch, batch) == self.at:
+            if self.mode == "kill":
+                import os
+                import signal
+                os.kill(os.getpid(), signal.SIGKILL)
+            raise RuntimeError(f"injected failure at epoch {self.epoch} batch {batch}")

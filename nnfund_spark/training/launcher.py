@@ -35,15 +35,75 @@ def raise_worker_errors(run_id: str, tracking_uri: str, cause: Exception) -> Non
     raise WorkerError(f"training failed on {len(errors)} rank(s): {detail}") from cause
 
 
-def check_slots(spark, num_proc: int) -> int:
-    """Fail fast if Spark cannot run num_proc tasks at once (a barrier stage would wait forever)."""
-    slots = spark.sparkContext.defaultParallelism
-    if slots < num_proc:
+def _executor_count(spark, wait_seconds: float) -> int:
+    """Registered executors (the driver excluded); in local mode the driver is the executor."""
+    context = spark.sparkContext
+    if context.master.startswith("local["):
+        return 1
+    deadline = time.time() + wait_seconds
+    while True:
+        count = context._jsc.sc().getExecutorMemoryStatus().size() - 1
+        if count > 0 or time.time() >= deadline:
+            return max(count, 0)
+        time.sleep(1)
+
+
+def available_slots(spark, wait_seconds: float = 30) -> tuple[int, str]:
+    """How many Horovod ranks the cluster can run at once, and what limits it ("GPU"/"core").
+
+    With GPU scheduling on (spark.task.resource.gpu.amount set) a rank needs a GPU slot:
+    executors x spark.executor.resource.gpu.amount / spark.task.resource.gpu.amount.
+    Otherwise a rank needs a task slot: Spark's default parallelism (total executor cores).
+    """
+    conf = spark.sparkContext.getConf()
+    task_gpus = conf.get("spark.task.resource.gpu.amount")
+    if task_gpus:
+        per_executor = float(conf.get("spark.executor.resource.gpu.amount", "0"))
+        executors = _executor_count(spark, wait_seconds)
+        return int(executors * per_executor / float(task_gpus)), "GPU"
+    if not spark.sparkContext.master.startswith("local"):
+        _executor_count(spark, wait_seconds)
+    return spark.sparkContext.defaultParallelism, "core"
+
+
+def resolve_num_proc(spark, train) -> int:
+    """train.num_proc, or with 0 every available slot (capped by train.max_num_proc); fails
+    fast when the cluster cannot run that many ranks at once (a barrier stage would wait)."""
+    slots, kind = available_slots(spark, wait_seconds=min(30, train.start_timeout))
+    wanted = train.num_proc or (min(slots, train.max_num_proc) if train.max_num_proc else slots)
+    if wanted < 1 or slots < wanted:
+        what = ("GPU slots (executors x spark.executor.resource.gpu.amount / "
+                "spark.task.resource.gpu.amount)" if kind == "GPU" else "concurrent Spark task slots")
+        fix = ("add GPU executors or lower train.num_proc" if kind == "GPU" else
+               f"lower train.num_proc or give Spark more cores/executors (e.g. --master local[{wanted}])")
         raise ClusterTooSmallError(
-            f"train.num_proc={num_proc} needs {num_proc} concurrent Spark task slots but the "
-            f"cluster offers {slots} (master {spark.sparkContext.master}); lower train.num_proc "
-            f"or give Spark more cores/executors (e.g. --master local[{num_proc}])")
-    return slots
+            f"train.num_proc={train.num_proc} needs {wanted} {what} but the cluster offers "
+            f"{slots} (master {spark.sparkContext.master}); {fix}")
+    return wanted
+
+
+def resume_point(train) -> dict | None:
+    """The checkpoint to resume from, or None for a fresh run; refuses to mix runs."""
+    from nnfund_spark.training import checkpoint
+
+    if not train.checkpoint_dir:
+        if train.resume:
+            raise ValueError("train.resume=true needs train.checkpoint_dir (where the earlier "
+                             "run wrote its checkpoints)")
+        return None
+    meta = checkpoint.latest(Path(train.checkpoint_dir).expanduser())
+    if train.resume:
+        if meta is None:
+            raise ValueError(f"train.resume=true but {train.checkpoint_dir} holds no checkpoint")
+        if meta["epoch"] >= train.epochs:
+            raise ValueError(f"{train.checkpoint_dir} already holds all {meta['epoch']} epochs "
+                             f"(train.epochs={train.epochs}); raise train.epochs to train further")
+        return meta
+    if meta is not None:
+        raise ValueError(f"{train.checkpoint_dir} already holds checkpoints of an earlier run "
+                         f"(MLflow run {meta['mlflow_run_id']}, {meta['epoch']} epochs done); set "
+                         f"train.resume=true to continue it, or choose an empty directory")
+    return None
 
 
 def worker_settings(config: JobConfig, manifest: dict, dataset_dir: Path) -> dict:
@@ -116,21 +176,31 @@ def run_training(spark, config: JobConfig, extra_settings: dict | None = None,
 
     dataset_dir = Path(config.data.output_dir).expanduser().resolve()
     manifest = read_manifest(dataset_dir)
-    check_slots(spark, config.train.num_proc)
+    num_proc = resolve_num_proc(spark, config.train)
+    resume = resume_point(config.train)
     tracking_uri = resolve_tracking_uri(config.tracking)
 
-    with start_job_run(config.tracking, tracking_uri, run_name) as run:
-        params = redact(flatten(to_dict(config)))
-        params.update({"world_size": config.train.num_proc,
-                       "dataset.name": manifest["source"]["name"],
-                       "dataset.checksum": manifest["source"]["checksum_sha256"],
-                       "dataset.train_count": manifest["splits"]["train"]["count"]})
-        mlflow.log_params({k: ("" if v is None else v) for k, v in params.items()})
-        mlflow.set_tags(run_tags(spark))
-        mlflow.log_dict(manifest, "dataset/manifest.json")
+    with start_job_run(config.tracking, tracking_uri, run_name,
+                       run_id=resume["mlflow_run_id"] if resume else None) as run:
+        if resume:
+            # Params were logged by the interrupted run (they are immutable in MLflow).
+            mlflow.set_tag("resumed_from_epoch", resume["epoch"])
+        else:
+            params = redact(flatten(to_dict(config)))
+            params.update({"world_size": num_proc,
+                           "dataset.name": manifest["source"]["name"],
+                           "dataset.checksum": manifest["source"]["checksum_sha256"],
+                           "dataset.train_count": manifest["splits"]["train"]["count"]})
+            mlflow.log_params({k: ("" if v is None else v) for k, v in params.items()})
+            mlflow.set_tags(run_tags(spark))
+            mlflow.log_dict(manifest, "dataset/manifest.json")
 
         settings = worker_settings(config, manifest, dataset_dir)
-        settings.update({"tracking_uri": tracking_uri, "mlflow_run_id": run.info.run_id})
+        settings.update({"tracking_uri": tracking_uri, "mlflow_run_id": run.info.run_id,
+                         "resume_from": resume})
+        if config.train.checkpoint_dir:
+            settings["checkpoint_dir"] = str(Path(config.train.checkpoint_dir).expanduser()
+                                             .resolve())
         settings.update(extra_settings or {})
         from nnfund_spark.training.worker import train_worker
 
@@ -138,7 +208,7 @@ def run_training(spark, config: JobConfig, extra_settings: dict | None = None,
         # Horovod: one barrier task per rank; Gloo rendezvous through the driver.
         try:
             results = horovod.spark.run(train_worker, args=(settings,),
-                                        num_proc=config.train.num_proc,
+                                        num_proc=num_proc,
                                         start_timeout=config.train.start_timeout,
                                         use_gloo=True, verbose=1, env=_worker_env())
         except Exception as exc:
@@ -151,8 +221,13 @@ def run_training(spark, config: JobConfig, extra_settings: dict | None = None,
         mlflow.set_tags({"device": rank0["device"],
                          "weights_identical_across_ranks":
                              str(len({r["weights_sha256"] for r in results}) == 1)})
+        per_rank = [{k: v for k, v in r.items()
+                     if k not in ("weights", "history", "train_indices", "seen_per_epoch",
+                                  "test_confusion")} for r in results]
+        mlflow.log_dict(sorted(per_rank, key=lambda r: r["rank"]), "ranks.json")
         model = rebuild_model(rank0["weights"], config, manifest)
-        mlflow.log_param("model.parameters", model.count_params())
+        if not resume:
+            mlflow.log_param("model.parameters", model.count_params())
         model_uri = None
         if config.tracking.log_model:
             model_uri = log_keras_model(model, manifest).model_uri

@@ -11,28 +11,6 @@ import os
 import time
 
 
-def read_shard(url: str, rank: int, size: int):
-    """This rank's row-group shard of a Petastorm split, as (indices, images, labels) arrays."""
-    import numpy as np
-    from petastorm import make_reader
-
-    from nnfund_spark.data.schema import as_hwc
-
-    indices, images, labels = [], [], []
-    # Horovod: row groups are dealt to ranks round-robin; each rank reads only its own.
-    with make_reader(url, schema_fields=["index", "image", "label"], cur_shard=rank,
-                     shard_count=size, num_epochs=1, shuffle_row_groups=False,
-                     reader_pool_type="thread", workers_count=2) as reader:
-        for row in reader:
-            indices.append(row.index)
-            images.append(row.image)
-            labels.append(row.label)
-    if not indices:
-        return (np.zeros((0,), np.int64), None, np.zeros((0,), np.int32))
-    return (np.asarray(indices, np.int64), as_hwc(np.stack(images)),
-            np.asarray(labels, np.int32))
-
-
 def weights_digest(model) -> str:
     digest = hashlib.sha256()
     for weight in model.get_weights():
@@ -72,6 +50,9 @@ def train_worker(settings: dict) -> dict:
     """Entry point of every rank. A rank's exception is recorded on the job's MLflow run
     (tag error.rank<N>) before it propagates, so the driver can report the worker's own error
     rather than Horovod's generic "a process exited with non-zero status"."""
+    import warnings
+
+    warnings.filterwarnings("ignore", category=FutureWarning, module="petastorm")
     try:
         return _train(settings)
     except BaseException as exc:
@@ -86,18 +67,17 @@ def train_worker(settings: dict) -> dict:
 
 def _train(settings: dict) -> dict:
     import tempfile
-    import warnings
 
-    # Petastorm 0.13 on pyarrow 10 warns about deprecated ParquetDataset attributes per read.
-    warnings.filterwarnings("ignore", category=FutureWarning, module="petastorm")
     import tensorflow as tf
     import horovod.tensorflow as hvd_tf
     import horovod.tensorflow.keras as hvd
 
     from nnfund_spark.models import build_model
-    from nnfund_spark.training.callbacks import (EpochLogger, MlflowEpochLogger,
+    from nnfund_spark.training import checkpoint
+    from nnfund_spark.training.callbacks import (EpochLogger, FaultInjection, MlflowEpochLogger,
                                                   ShardedEvaluation, WarmupCosineSchedule,
                                                   sharded_evaluate)
+    from nnfund_spark.training.pipeline import epoch_dataset, read_shard, steps_per_epoch
 
     hvd.init()
     rank, size = hvd.rank(), hvd.size()
@@ -113,22 +93,13 @@ def _train(settings: dict) -> dict:
               for split in ("train", "validation", "test")}
     read_seconds = time.time() - started
     train_index, train_images, train_labels = shards["train"]
+    if settings.get("shard_limits", {}).get(str(rank)):
+        # Test hook: shrink this rank's shard to simulate row groups of very different sizes.
+        keep = settings["shard_limits"][str(rank)]
+        train_index, train_images, train_labels = (train_index[:keep], train_images[:keep],
+                                                   train_labels[:keep])
     shard_sizes = hvd_tf.allgather_object(len(train_index))
-    batch_size = settings["batch_size"]
-    # Horovod: every rank must run the same number of steps or an allreduce waits forever;
-    # the smallest shard decides.
-    steps = min(shard_sizes) // batch_size
-    if steps == 0:
-        raise ValueError(f"train shards of sizes {shard_sizes} are smaller than one batch of "
-                         f"{batch_size}: lower train.batch_size or train.num_proc")
-
-    dataset = (tf.data.Dataset.from_tensor_slices((train_images, train_labels))
-               .shuffle(len(train_index), seed=settings["seed"] + rank,
-                        reshuffle_each_iteration=True)
-               .batch(batch_size, drop_remainder=True)
-               .take(steps)
-               .map(lambda x, y: (tf.cast(x, tf.float32), y), num_parallel_calls=tf.data.AUTOTUNE)
-               .prefetch(tf.data.AUTOTUNE))
+    steps = steps_per_epoch(shard_sizes, settings["batch_size"])
 
     manifest = settings["manifest"]
     num_classes = manifest["num_classes"]
@@ -142,6 +113,14 @@ def _train(settings: dict) -> dict:
     model.compile(optimizer=optimizer, loss="sparse_categorical_crossentropy",
                   metrics=["accuracy"], jit_compile=bool(settings.get("xla")))
 
+    history: dict = {}
+    first_epoch = 0
+    if settings.get("resume_from"):
+        # Every rank reads the same checkpoint, so all start from identical weights and slots.
+        checkpoint.restore(settings["resume_from"]["path"], model)
+        first_epoch = settings["resume_from"]["epoch"]
+        history = {k: list(v) for k, v in settings["resume_from"]["history"].items()}
+
     callbacks = [
         # Horovod: every rank starts from rank 0's initial weights.
         hvd.callbacks.BroadcastGlobalVariablesCallback(0),
@@ -151,15 +130,31 @@ def _train(settings: dict) -> dict:
         hvd.callbacks.MetricAverageCallback(),
         ShardedEvaluation(shards["validation"][1:], num_classes, batch_size=512, prefix="val_"),
     ]
+    if settings.get("fault_injection"):
+        callbacks.append(FaultInjection(rank, **settings["fault_injection"]))
     tensorboard_dir = None
     if rank == 0:
-        callbacks.append(EpochLogger(steps * batch_size * size, settings["verbose"]))
+        callbacks.append(EpochLogger(sum(shard_sizes), settings["verbose"]))
         if settings.get("mlflow_run_id"):
             tensorboard_dir = tempfile.mkdtemp(prefix="nnfund-tensorboard-")
             callbacks.append(tf.keras.callbacks.TensorBoard(tensorboard_dir, profile_batch=0))
             callbacks.append(MlflowEpochLogger(settings["tracking_uri"], settings["mlflow_run_id"]))
 
-    history = model.fit(dataset, epochs=settings["epochs"], verbose=0, callbacks=callbacks)
+    seen = []
+    for epoch in range(first_epoch, settings["epochs"]):
+        dataset = epoch_dataset(train_images, train_labels, steps, settings["seed"], epoch, rank)
+        if settings.get("return_shard_indices"):
+            from nnfund_spark.training.pipeline import epoch_order
+            seen.append(train_index[epoch_order(len(train_index), settings["seed"], epoch,
+                                                rank)].tolist())
+        # One fit call per epoch: each epoch gets its own freshly shuffled, exactly-once batches.
+        fitted = model.fit(dataset, initial_epoch=epoch, epochs=epoch + 1, verbose=0,
+                           callbacks=callbacks)
+        for key, values in fitted.history.items():
+            history.setdefault(key, []).extend(float(v) for v in values)
+        if rank == 0 and settings.get("checkpoint_dir"):
+            checkpoint.save(settings["checkpoint_dir"], epoch + 1, model, history,
+                            settings.get("mlflow_run_id"))
     test = sharded_evaluate(model, *shards["test"][1:], num_classes, batch_size=512)
     if tensorboard_dir:
         from mlflow.tracking import MlflowClient
@@ -172,15 +167,17 @@ def _train(settings: dict) -> dict:
         "weights_sha256": weights_digest(model),
         "train_shard_size": int(len(train_index)),
         "steps_per_epoch": int(steps),
+        "first_epoch": first_epoch,
         "read_seconds": round(read_seconds, 3),
         "train_seconds": round(time.time() - started - read_seconds, 3),
         **devices,
     }
     if settings.get("return_shard_indices"):
         result["train_indices"] = train_index.tolist()
+        result["seen_per_epoch"] = seen
     if rank == 0:
         result.update({
-            "history": {k: [float(v) for v in vals] for k, vals in history.history.items()},
+            "history": history,
             "test_loss": test["loss"], "test_accuracy": test["accuracy"],
             "test_count": test["count"], "test_confusion": test["confusion"],
             "weights": model.get_weights(),

@@ -1,0 +1,67 @@
+"""Per-epoch checkpoints, written by rank 0 atomically, read by every rank on resume.
+
+Layout: <dir>/epoch-0003/{state.index,state.data-*,meta.json} and <dir>/latest holding the name
+of the newest complete checkpoint. A checkpoint directory is renamed into place only when it is
+complete, and `latest` is replaced atomically, so a crash mid-write leaves the previous one valid.
+The directory must be visible to every rank (local disk in local mode; DBFS/NFS on clusters).
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import uuid
+from pathlib import Path
+from typing import Optional
+
+KEEP = 2  # newest checkpoints kept; older ones are deleted after a successful write
+
+
+def latest(directory: str | Path) -> Optional[dict]:
+    """Metadata of the newest complete checkpoint in directory (with its path), or None."""
+    pointer = Path(directory) / "latest"
+    if not pointer.is_file():
+        return None
+    path = Path(directory) / pointer.read_text().strip()
+    meta = json.loads((path / "meta.json").read_text())
+    meta["path"] = str(path)
+    return meta
+
+
+def save(directory: str | Path, epoch: int, model, history: dict, run_id: Optional[str]) -> Path:
+    """Write model + optimizer state after `epoch` (1-based count of completed epochs)."""
+    import tensorflow as tf
+
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    name = f"epoch-{epoch:04d}"
+    staging = directory / f".{name}.tmp-{uuid.uuid4().hex[:8]}"
+    staging.mkdir()
+    try:
+        tf.train.Checkpoint(model=model, optimizer=model.optimizer).write(str(staging / "state"))
+        (staging / "meta.json").write_text(json.dumps(
+            {"epoch": epoch, "history": history, "mlflow_run_id": run_id}, indent=2))
+        final = directory / name
+        if final.exists():
+            shutil.rmtree(final)
+        staging.rename(final)
+    finally:
+        if staging.exists():
+            shutil.rmtree(staging)
+    pointer_tmp = directory / f".latest.tmp-{uuid.uuid4().hex[:8]}"
+    pointer_tmp.write_text(name + "\n")
+    os.replace(pointer_tmp, directory / "latest")
+    for old in sorted(directory.glob("epoch-*"))[:-KEEP]:
+        shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def restore(path: str | Path, model) -> None:
+    """Load model weights and optimizer state (slots, iteration count) from a checkpoint."""
+    import tensorflow as tf
+
+    # The optimizer's slot variables must exist before they can be filled.
+    model.optimizer.build(model.trainable_variables)
+    status = tf.train.Checkpoint(model=model, optimizer=model.optimizer).read(
+        str(Path(path) / "state"))
+    status.assert_existing_objects_matched()
