@@ -1,10 +1,7 @@
-import math
-
 import numpy as np
 import pytest
 
 from nnfund_spark.models import MODELS, build_model
-from nnfund_spark.training.worker import cosine_lr
 
 
 def test_mnist_cnn_matches_the_series_architecture():
@@ -26,16 +23,3 @@ def test_other_models_parameter_counts(name, params):
 def test_unknown_model_lists_choices():
     with pytest.raises(ValueError, match="unknown model 'vgg99'; available: " + ", ".join(sorted(MODELS))):
         build_model("vgg99", (28, 28, 1), 10)
-
-
-def test_warmup_then_cosine_schedule():
-    peak, total, warm = 0.002, 1000, 100
-    assert cosine_lr(0, peak, total, warm, 0.05) == pytest.approx(peak * 0.1)
-    assert cosine_lr(50, peak, total, warm, 0.05) == pytest.approx(peak * 0.55)
-    assert cosine_lr(100, peak, total, warm, 0.05) == pytest.approx(peak)
-    assert cosine_lr(550, peak, total, warm, 0.05) == pytest.approx(peak * (0.05 + 0.95 * 0.5))
-    assert cosine_lr(1000, peak, total, warm, 0.05) == pytest.approx(peak * 0.05)
-    assert cosine_lr(700, peak, total, 0, 1.0) == peak
-    values = [cosine_lr(s, peak, total, warm, 0.05) for s in range(total)]
-    assert all(b <= a + 1e-12 for a, b in zip(values[warm:], values[warm + 1:]))
-    assert not any(math.isnan(v) for v in values)

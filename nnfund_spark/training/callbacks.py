@@ -54,30 +54,56 @@ class ShardedEvaluation(tf.keras.callbacks.Callback):
             logs[f"{self.prefix}accuracy"] = result["accuracy"]
 
 
-class WarmupCosineSchedule(tf.keras.callbacks.Callback):
-    """Per-step learning rate: linear warm-up, then cosine decay (see worker.cosine_lr)."""
+class LearningRateSchedule(tf.keras.callbacks.Callback):
+    """Sets the optimizer's rate before every step from a step -> rate function
+    (nnfund_spark.training.schedules) and reports it in the epoch logs."""
 
-    def __init__(self, peak_lr, steps_per_epoch, epochs, warmup_epochs, final_fraction):
+    def __init__(self, rate_at, steps_per_epoch: int):
         super().__init__()
-        self.peak_lr = peak_lr
+        self.rate_at = rate_at
         self.steps_per_epoch = steps_per_epoch
-        self.total_steps = steps_per_epoch * epochs
-        self.warmup_steps = int(round(warmup_epochs * steps_per_epoch))
-        self.final_fraction = final_fraction
         self.epoch = 0
 
     def on_epoch_begin(self, epoch, logs=None):
         self.epoch = epoch
 
     def on_train_batch_begin(self, batch, logs=None):
-        from nnfund_spark.training.worker import cosine_lr
-        step = self.epoch * self.steps_per_epoch + batch
-        lr = cosine_lr(step, self.peak_lr, self.total_steps, self.warmup_steps, self.final_fraction)
-        self.model.optimizer.learning_rate.assign(lr)
+        self.model.optimizer.learning_rate.assign(
+            self.rate_at(self.epoch * self.steps_per_epoch + batch))
 
     def on_epoch_end(self, epoch, logs=None):
         if logs is not None:
             logs["learning_rate"] = float(self.model.optimizer.learning_rate.numpy())
+
+
+class DeadReluMonitor(tf.keras.callbacks.Callback):
+    """Rank 0: the fraction of ReLU units that output zero for every image of a fixed
+    validation batch, logged as dead_relu_fraction each epoch."""
+
+    def __init__(self, images):
+        super().__init__()
+        self.images = images.astype(np.float32)
+
+    def on_epoch_end(self, epoch, logs=None):
+        from nnfund_spark.training.metrics import dead_relu_fraction
+        if logs is not None:
+            logs["dead_relu_fraction"] = dead_relu_fraction(self.model, self.images)["dead_fraction"]
+
+
+class EarlyStopper:
+    """Stop when `metric` has not improved for `patience` epochs (patience 0: never)."""
+
+    def __init__(self, metric: str, patience: int):
+        self.metric = metric
+        self.patience = patience
+
+    def should_stop(self, history: dict) -> bool:
+        values = history.get(self.metric, [])
+        if not self.patience or len(values) <= self.patience:
+            return False
+        better = min if self.metric.endswith("loss") else max
+        best_epoch = values.index(better(values))
+        return len(values) - 1 - best_epoch >= self.patience
 
 
 class EpochLogger(tf.keras.callbacks.Callback):

@@ -106,10 +106,30 @@ def resume_point(train) -> dict | None:
     return None
 
 
+def model_kwargs(train, manifest: dict) -> dict:
+    """Keyword arguments of build_model for this config; None means the model's default."""
+    kwargs = dict(train.model_options)
+    kwargs.update(activation=train.activation, activation_params=dict(train.activation_params),
+                  dropout=train.dropout, dense_dropout=train.dense_dropout,
+                  l1=train.l1 or None, l2=train.l2 or None, normalization=train.normalization,
+                  initializer=train.initializer, normalization_input=train.input_normalization)
+    if train.input_normalization == "standardize":
+        kwargs.update(mean=manifest["train_channel_mean"], std=manifest["train_channel_std"])
+    return kwargs
+
+
 def worker_settings(config: JobConfig, manifest: dict, dataset_dir: Path) -> dict:
     """Plain values only: this dict is pickled to every executor."""
     train = config.train
     return {
+        "model_kwargs": model_kwargs(train, manifest),
+        "optimizer_options": dict(train.optimizer_options),
+        "loss": train.loss, "one_hot": train.one_hot, "label_smoothing": train.label_smoothing,
+        "schedule": train.schedule, "schedule_options": dict(train.schedule_options),
+        "augment": dict(train.augment),
+        "early_stopping_patience": train.early_stopping_patience,
+        "early_stopping_metric": train.early_stopping_metric,
+        "log_dead_relu": train.log_dead_relu,
         "split_urls": {split: (dataset_dir / split).as_uri() for split in SPLITS},
         "manifest": {"image_shape": manifest["image_shape"],
                      "num_classes": manifest["num_classes"]},
@@ -129,7 +149,7 @@ def rebuild_model(weights, config: JobConfig, manifest: dict):
     from nnfund_spark.models import build_model
 
     model = build_model(config.train.model, manifest["image_shape"], manifest["num_classes"],
-                        dropout=config.train.dropout, dense_dropout=config.train.dense_dropout)
+                        **model_kwargs(config.train, manifest))
     model.set_weights(weights)
     return model
 
@@ -234,7 +254,8 @@ def run_training(spark, config: JobConfig, extra_settings: dict | None = None,
         if config.tracking.log_artifacts:
             log_training_artifacts(model, rank0["history"], rank0["test_confusion"],
                                    manifest["class_names"],
-                                   sample_images(settings["split_urls"]["test"]))
+                                   sample_images(settings["split_urls"]["test"]),
+                                   config.train.activation, config.train.activation_params)
 
     for result in results:
         result.pop("weights", None)

@@ -6,7 +6,6 @@ inside, and returns plain values: Spark pickles it to the executors, where no dr
 from __future__ import annotations
 
 import hashlib
-import math
 import os
 import time
 
@@ -74,9 +73,14 @@ def _train(settings: dict) -> dict:
 
     from nnfund_spark.models import build_model
     from nnfund_spark.training import checkpoint
-    from nnfund_spark.training.callbacks import (EpochLogger, FaultInjection, MlflowEpochLogger,
-                                                  ShardedEvaluation, WarmupCosineSchedule,
+    from nnfund_spark.training.augment import make_augmenter
+    from nnfund_spark.training.callbacks import (DeadReluMonitor, EarlyStopper, EpochLogger,
+                                                  FaultInjection, LearningRateSchedule,
+                                                  MlflowEpochLogger, ShardedEvaluation,
                                                   sharded_evaluate)
+    from nnfund_spark.training.metrics import relu_layers
+    from nnfund_spark.training.optimizers import make_loss, make_optimizer
+    from nnfund_spark.training.schedules import scaled_base_lr, schedule_function
     from nnfund_spark.training.pipeline import epoch_dataset, read_shard, steps_per_epoch
 
     hvd.init()
@@ -104,14 +108,19 @@ def _train(settings: dict) -> dict:
     manifest = settings["manifest"]
     num_classes = manifest["num_classes"]
     model = build_model(settings["model"], manifest["image_shape"], num_classes,
-                        dropout=settings["dropout"], dense_dropout=settings["dense_dropout"])
-    peak_lr = settings["learning_rate"] * (size if settings["scale_lr_by_workers"] else 1)
-    optimizer = _make_optimizer(settings["optimizer"], peak_lr)
+                        **settings["model_kwargs"])
+    peak_lr = scaled_base_lr(settings["learning_rate"], size, settings["scale_lr_by_workers"])
+    optimizer = make_optimizer(settings["optimizer"], peak_lr, **settings["optimizer_options"])
     # Horovod: average gradients across ranks before each update (optionally sent as fp16).
     compression = hvd.Compression.fp16 if settings.get("fp16_allreduce") else hvd.Compression.none
     optimizer = hvd.DistributedOptimizer(optimizer, compression=compression)
-    model.compile(optimizer=optimizer, loss="sparse_categorical_crossentropy",
-                  metrics=["accuracy"], jit_compile=bool(settings.get("xla")))
+    model.compile(optimizer=optimizer,
+                  loss=make_loss(settings["loss"], num_classes, settings["one_hot"],
+                                 settings["label_smoothing"]),
+                  metrics=[tf.keras.metrics.SparseCategoricalAccuracy(name="accuracy")],
+                  jit_compile=bool(settings.get("xla")))
+    augmenter = make_augmenter(settings["augment"], manifest["image_shape"],
+                               settings["seed"] + rank) if settings["augment"] else None
 
     history: dict = {}
     first_epoch = 0
@@ -124,8 +133,9 @@ def _train(settings: dict) -> dict:
     callbacks = [
         # Horovod: every rank starts from rank 0's initial weights.
         hvd.callbacks.BroadcastGlobalVariablesCallback(0),
-        WarmupCosineSchedule(peak_lr, steps, settings["epochs"], settings["warmup_epochs"],
-                             settings["final_lr_fraction"]),
+        LearningRateSchedule(schedule_function(
+            settings["schedule"], peak_lr, steps, settings["epochs"], settings["warmup_epochs"],
+            **_schedule_params(settings)), steps),
         # Horovod: report train metrics averaged over ranks, not rank 0's alone.
         hvd.callbacks.MetricAverageCallback(),
         ShardedEvaluation(shards["validation"][1:], num_classes, batch_size=512, prefix="val_"),
@@ -134,6 +144,8 @@ def _train(settings: dict) -> dict:
         callbacks.append(FaultInjection(rank, **settings["fault_injection"]))
     tensorboard_dir = None
     if rank == 0:
+        if settings["log_dead_relu"] and relu_layers(model) and shards["validation"][1] is not None:
+            callbacks.append(DeadReluMonitor(shards["validation"][1][:256]))
         callbacks.append(EpochLogger(sum(shard_sizes), settings["verbose"]))
         if settings.get("mlflow_run_id"):
             tensorboard_dir = tempfile.mkdtemp(prefix="nnfund-tensorboard-")
@@ -141,8 +153,12 @@ def _train(settings: dict) -> dict:
             callbacks.append(MlflowEpochLogger(settings["tracking_uri"], settings["mlflow_run_id"]))
 
     seen = []
+    stopper = EarlyStopper(settings["early_stopping_metric"], settings["early_stopping_patience"])
     for epoch in range(first_epoch, settings["epochs"]):
         dataset = epoch_dataset(train_images, train_labels, steps, settings["seed"], epoch, rank)
+        if augmenter is not None:
+            # Training split only; validation and test see the images as stored.
+            dataset = dataset.map(augmenter, num_parallel_calls=tf.data.AUTOTUNE)
         if settings.get("return_shard_indices"):
             from nnfund_spark.training.pipeline import epoch_order
             seen.append(train_index[epoch_order(len(train_index), settings["seed"], epoch,
@@ -155,6 +171,9 @@ def _train(settings: dict) -> dict:
         if rank == 0 and settings.get("checkpoint_dir"):
             checkpoint.save(settings["checkpoint_dir"], epoch + 1, model, history,
                             settings.get("mlflow_run_id"))
+        # Validation metrics are allreduced, so every rank takes the same decision.
+        if stopper.should_stop(history):
+            break
     test = sharded_evaluate(model, *shards["test"][1:], num_classes, batch_size=512)
     if tensorboard_dir:
         from mlflow.tracking import MlflowClient
@@ -185,31 +204,8 @@ def _train(settings: dict) -> dict:
     return result
 
 
-def _make_optimizer(name: str, learning_rate: float):
-    import tensorflow as tf
-    opt = tf.keras.optimizers
-    factories = {
-        "sgd": lambda: opt.SGD(learning_rate),
-        "momentum": lambda: opt.SGD(learning_rate, momentum=0.9),
-        "nesterov": lambda: opt.SGD(learning_rate, momentum=0.9, nesterov=True),
-        "adagrad": lambda: opt.Adagrad(learning_rate),
-        "adadelta": lambda: opt.Adadelta(learning_rate),
-        "rmsprop": lambda: opt.RMSprop(learning_rate),
-        "adam": lambda: opt.Adam(learning_rate),
-        "adamax": lambda: opt.Adamax(learning_rate),
-        "nadam": lambda: opt.Nadam(learning_rate),
-    }
-    if name not in factories:
-        raise ValueError(f"unknown optimizer '{name}'; available: {', '.join(factories)}")
-    return factories[name]()
-
-
-def cosine_lr(step: int, peak: float, total_steps: int, warmup_steps: int,
-              final_fraction: float) -> float:
-    """Linear warm-up from peak/10 to peak, then cosine decay to peak * final_fraction."""
-    if warmup_steps and step < warmup_steps:
-        return peak * (0.1 + 0.9 * step / warmup_steps)
-    if final_fraction >= 1.0 or total_steps <= warmup_steps:
-        return peak
-    progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
-    return peak * (final_fraction + (1 - final_fraction) * 0.5 * (1 + math.cos(math.pi * progress)))
+def _schedule_params(settings: dict) -> dict:
+    params = dict(settings["schedule_options"])
+    if settings["schedule"] == "cosine":
+        params["final_lr_fraction"] = settings["final_lr_fraction"]
+    return params

@@ -1,0 +1,1 @@
+"""The course's fundamentals as code: activation functions and the worked neuron examples."""

@@ -1,0 +1,133 @@
+"""The early architectures of the course: MLP, LeNet-5, the series' MNIST CNN and AlexNet.
+
+All take raw 0..255 pixels (the first layer normalizes, see ``blocks``) and end in a softmax
+layer named ``probabilities``. Common options: ``models.blocks`` docstring.
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+from nnfund_spark.models.blocks import (LayerOptions, check_input_shape, check_rate, check_width,
+                                        dropout as dropout_layer, scaled)
+
+
+def mlp(input_shape, num_classes, *, units: Sequence[int] = (1000, 1000), dropout: float = 0.0,
+        dense_dropout: float = 0.5, input_dropout: float = 0.0, **common):
+    """Fully connected net: flatten → [dense → dropout] per entry of ``units`` → softmax.
+
+    The default is the Adam paper's MNIST MLP (Kingma & Ba 2015, §6.2: two hidden layers of
+    1000 ReLU units with dropout): 1,796,010 parameters on 28x28x1 / 10 classes.
+    ``input_dropout`` drops input pixels (Hinton et al. 2012 used 0.2); ``dropout`` has no conv
+    layer to act on here and is accepted only so every model takes the same options.
+    """
+    import tensorflow as tf
+
+    check_input_shape(input_shape, needs_image=False)
+    check_rate("dense_dropout", dense_dropout)
+    check_rate("input_dropout", input_dropout)
+    check_rate("dropout", dropout)
+    units = tuple(units)
+    if any(isinstance(width, bool) or not isinstance(width, int) or width < 1 for width in units):
+        raise ValueError(f"units must be a list of positive integers, got {list(units)!r}")
+    options = LayerOptions(**common)
+    inputs, x = options.inputs(input_shape)
+    x = tf.keras.layers.Flatten(name="flatten")(x)
+    x = dropout_layer(x, input_dropout, "input_dropout")
+    for index, width in enumerate(units, start=1):
+        x = options.dense(x, width, name=f"dense{index}")
+        x = dropout_layer(x, dense_dropout, f"dropout{index}")
+    return tf.keras.Model(inputs, options.classifier(x, num_classes), name="mlp")
+
+
+def lenet5(input_shape, num_classes, *, dropout: float = 0.0, dense_dropout: float = 0.0,
+           **common):
+    """LeNet-5 (LeCun et al. 1998) with max-pooling and, by default, ReLU instead of the
+    paper's scaled tanh and trainable subsampling (``activation="tanh"`` is closer to it).
+
+    C1 gets 'same' padding on inputs smaller than 32x32, so 28x28 MNIST follows the paper's
+    32x32 geometry (28x28x6 → 14 → 10x10x16 → 5); 32x32 inputs use the paper's valid padding.
+    61,706 parameters on 28x28x1 and 62,006 on 32x32x3 (C1 sees 3 channels), 10 classes.
+    ``dropout`` acts after each pooling layer, ``dense_dropout`` before the output.
+    """
+    import tensorflow as tf
+
+    shape = check_input_shape(input_shape)
+    check_rate("dropout", dropout)
+    check_rate("dense_dropout", dense_dropout)
+    layers = tf.keras.layers
+    options = LayerOptions(**common)
+    inputs, x = options.inputs(shape)
+    padding = "same" if min(shape[:2]) < 32 else "valid"
+    x = options.conv(x, 6, 5, name="c1", padding=padding)
+    x = dropout_layer(layers.MaxPooling2D(2, name="s2")(x), dropout, "s2_dropout")
+    x = options.conv(x, 16, 5, name="c3", padding="valid")
+    x = dropout_layer(layers.MaxPooling2D(2, name="s4")(x), dropout, "s4_dropout")
+    x = layers.Flatten(name="flatten")(x)
+    x = options.dense(x, 120, name="c5")
+    x = options.dense(x, 84, name="f6")
+    x = dropout_layer(x, dense_dropout, "dropout")
+    return tf.keras.Model(inputs, options.classifier(x, num_classes), name="lenet5")
+
+
+def mnist_cnn(input_shape, num_classes, *, dropout: float = 0.25, dense_dropout: float = 0.5,
+              **common):
+    """The series' MNIST CNN: conv 32 → conv 64 → max-pool → dropout → dense 128 → dropout.
+
+    1,199,882 parameters on 28x28x1 with 10 classes (with the default options; layer names
+    conv1, conv2, pool, dropout1, flatten, dense, dropout2, probabilities).
+    """
+    import tensorflow as tf
+
+    shape = check_input_shape(input_shape)
+    check_rate("dropout", dropout)
+    check_rate("dense_dropout", dense_dropout)
+    layers = tf.keras.layers
+    options = LayerOptions(**common)
+    inputs, x = options.inputs(shape)
+    x = options.conv(x, 32, 3, name="conv1", padding="valid")
+    x = options.conv(x, 64, 3, name="conv2", padding="valid")
+    x = layers.MaxPooling2D(2, name="pool")(x)
+    x = dropout_layer(x, dropout, "dropout1")
+    x = layers.Flatten(name="flatten")(x)
+    x = options.dense(x, 128, name="dense")
+    x = dropout_layer(x, dense_dropout, "dropout2")
+    return tf.keras.Model(inputs, options.classifier(x, num_classes), name="mnist_cnn")
+
+
+# AlexNet's conv widths (96, 256, 384, 384, 256) and 4096-unit dense layers, cut for 28-32 px
+# images the way most CIFAR reproductions do: the first conv is 5x5 stride 1 (not 11x11 stride 4,
+# which would leave a 32 px image 7 px wide after one layer), widths (64, 192, 384, 256, 256) as
+# in torchvision's AlexNet, dense 1024 instead of 4096. Local response normalization is left out
+# (later work found it adds little); ``normalization="batch"`` is the modern stand-in.
+ALEXNET_CONV = ((64, 5), (192, 5), (384, 3), (256, 3), (256, 3))
+ALEXNET_DENSE = (1024, 1024)
+
+
+def alexnet(input_shape, num_classes, *, width: float = 1.0, dropout: float = 0.0,
+            dense_dropout: float = 0.5, **common):
+    """Small-image AlexNet: five convs, overlapping 3x3/2 max-pools after conv 1, 2 and 5
+    (Krizhevsky et al. 2012), two dense layers with dropout 0.5 as in the paper.
+
+    ``width`` multiplies every conv and dense width. 'same'-padded pools take 32 → 16 → 8 → 4
+    and 28 → 14 → 7 → 4. ``dropout`` acts after each pool. 7,706,442 parameters on 32x32x3 with
+    10 classes (7,703,242 on 28x28x1), versus ≈ 61M for the ImageNet original.
+    """
+    import tensorflow as tf
+
+    shape = check_input_shape(input_shape)
+    width = check_width(width)
+    check_rate("dropout", dropout)
+    check_rate("dense_dropout", dense_dropout)
+    layers = tf.keras.layers
+    options = LayerOptions(**common)
+    inputs, x = options.inputs(shape)
+    for index, (filters, kernel) in enumerate(ALEXNET_CONV, start=1):
+        x = options.conv(x, scaled(width, filters), kernel, name=f"conv{index}")
+        if index in (1, 2, 5):
+            x = layers.MaxPooling2D(3, strides=2, padding="same", name=f"pool{index}")(x)
+            x = dropout_layer(x, dropout, f"pool{index}_dropout")
+    x = layers.Flatten(name="flatten")(x)
+    for index, units in enumerate(ALEXNET_DENSE, start=6):
+        x = options.dense(x, scaled(width, units), name=f"fc{index}")
+        x = dropout_layer(x, dense_dropout, f"fc{index}_dropout")
+    return tf.keras.Model(inputs, options.classifier(x, num_classes), name="alexnet")
