@@ -17,7 +17,10 @@ def test_defaults_and_file_and_override(tmp_path):
 
 def test_repo_conf_files_load():
     from pathlib import Path
-    for path in sorted((Path(__file__).parents[1] / "conf").glob("*.yaml")):
+    conf = Path(__file__).parents[1] / "conf"
+    files = sorted(conf.glob("*.yaml")) + sorted((conf / "examples").glob("*.yaml"))
+    assert len(files) >= 10
+    for path in files:
         load_config(path)
 
 

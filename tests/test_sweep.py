@@ -16,7 +16,8 @@ def write(path, text):
 
 def test_shipped_sweeps_load():
     files = sorted((REPO / "conf" / "experiments").glob("*.yaml"))
-    assert {f.stem for f in files} >= {"optimizers", "learning_rates", "batch_sizes"}
+    assert {f.stem for f in files} >= {"optimizers", "learning_rates", "batch_sizes",
+                                       "activations", "architectures"}
     for path in files:
         sweep = load_sweep(path)
         assert len(sweep.trials) >= 2
