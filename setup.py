@@ -9,8 +9,24 @@ import re
 from pathlib import Path
 
 from setuptools import find_packages, setup
+from setuptools.command.build_py import build_py
 
 HERE = Path(__file__).parent
+
+
+class BuildWithConf(build_py):
+    """Ship the repository's conf/ inside the wheel as nnfund_spark/conf, so `-c mnist` works
+    wherever the wheel is installed (spark-submit --py-files, Databricks wheel tasks)."""
+
+    def run(self):
+        super().run()
+        target = Path(self.build_lib) / "nnfund_spark" / "conf"
+        for source in sorted((HERE / "conf").rglob("*.yaml")):
+            if "databricks" in source.parts:  # the bundle is deployment config, not a job config
+                continue
+            destination = target / source.relative_to(HERE / "conf")
+            destination.parent.mkdir(parents=True, exist_ok=True)
+            destination.write_bytes(source.read_bytes())
 VERSION = re.search(r'__version__ = "([^"]+)"',
                     (HERE / "nnfund_spark" / "__init__.py").read_text()).group(1)
 
@@ -23,8 +39,7 @@ setup(
     long_description_content_type="text/markdown",
     python_requires=">=3.10,<3.12",
     packages=find_packages(include=["nnfund_spark", "nnfund_spark.*"]),
-    package_data={"nnfund_spark": ["conf/*.yaml", "conf/**/*.yaml"]},
-    include_package_data=True,
+    cmdclass={"build_py": BuildWithConf},
     install_requires=[
         "numpy>=1.23,<2",
         "pandas>=1.5,<3",

@@ -370,14 +370,28 @@ def validate(config: JobConfig) -> JobConfig:
     return config
 
 
+def resolve_config_path(name: str | Path) -> Path:
+    """A config file path, or the name of a shipped config ('mnist', 'experiments/optimizers'):
+    looked up in the installed package (wheels carry conf/ as nnfund_spark/conf), then in the
+    source checkout's conf/ directory."""
+    path = Path(name)
+    if path.is_file():
+        return path
+    here = Path(__file__).resolve().parent
+    for root in (here / "conf", here.parent / "conf"):
+        for candidate in (root / name, root / f"{name}.yaml"):
+            if candidate.is_file():
+                return candidate
+    raise ConfigError(f"config file not found: {name} (neither a file nor the name of a shipped "
+                      f"config such as 'mnist' or 'experiments/optimizers')")
+
+
 def load_config(path: Optional[str | Path] = None, overrides: tuple[str, ...] | list[str] = ()
                 ) -> JobConfig:
     """Build a JobConfig from dataclass defaults, then the YAML file, then the overrides."""
     config = JobConfig()
     if path is not None:
-        path = Path(path)
-        if not path.is_file():
-            raise ConfigError(f"config file not found: {path}")
+        path = resolve_config_path(path)
         try:
             values = yaml.safe_load(path.read_text()) or {}
         except yaml.YAMLError as exc:

@@ -62,9 +62,8 @@ def _as_overrides(values: dict, where: str) -> list[str]:
 def load_sweep(path: str | Path, extra_overrides: list[str] = ()) -> Sweep:
     """Read and validate a sweep file; every trial's config is built (and so validated) here,
     before anything trains."""
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"sweep file not found: {path}")
+    from nnfund_spark.config import resolve_config_path
+    path = resolve_config_path(path)
     spec = yaml.safe_load(path.read_text()) or {}
     unknown = set(spec) - _KNOWN_KEYS
     if unknown:
