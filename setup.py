@@ -44,7 +44,6 @@ setup(
         "numpy>=1.23,<2",
         "pandas>=1.5,<3",
         "pyarrow>=8,<11",          # Horovod's Spark estimator breaks on >= 11, Petastorm on >= 15
-        "pyspark>=3.3,<4",
         "petastorm>=0.12.1,<0.14",
         "mlflow>=2.9,<4",
         "pyyaml>=5.4",
@@ -56,11 +55,13 @@ setup(
         # Pick one TensorFlow build. Databricks ML runtimes ship TF already: install with no extra.
         "cpu": ["tensorflow-cpu>=2.12,<2.16"],
         "gpu": ["tensorflow>=2.12,<2.16"],
-        "test": ["pytest>=7"],
+        # Spark clusters and Databricks runtimes provide PySpark; plain machines get it here.
+        "spark": ["pyspark>=3.3,<4"],
+        "test": ["pytest>=7", "databricks-sdk>=0.20,<1"],
     },
     entry_points={
         "console_scripts": [
-            "nnfund-spark=nnfund_spark.cli:main",
+            "nnfund-spark=nnfund_spark.cli:run",
         ],
     },
     classifiers=[

@@ -19,7 +19,8 @@ def _parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     for name, help_text in (("prepare", "prepare a raw image source into Petastorm splits"),
                             ("train", "train a Keras model with Horovod on Spark"),
-                            ("sweep", "train every trial of a sweep file, compared in MLflow")):
+                            ("sweep", "train every trial of a sweep file, compared in MLflow"),
+                            ("predict", "score a prepared split with a logged MLflow model")):
         cmd = sub.add_parser(name, help=help_text)
         if name == "sweep":
             cmd.add_argument("-c", "--config", required=True,
@@ -35,6 +36,9 @@ def _parser() -> argparse.ArgumentParser:
         if name == "prepare":
             cmd.add_argument("--overwrite", action="store_true",
                              help="replace an existing dataset at data.output_dir")
+        if name == "predict":
+            from nnfund_spark.inference.cli_args import add_predict_arguments
+            add_predict_arguments(cmd)
     return parser
 
 
@@ -54,6 +58,9 @@ def main(argv: list[str] | None = None) -> int:
             config = sweep.trials[0].config
         else:
             config = load_config(args.config, overrides)
+        if args.command == "predict":
+            from nnfund_spark.inference.cli_args import predict_config_from_args
+            predict_config = predict_config_from_args(args, config)
     except ConfigError as exc:
         print(f"nnfund-spark: config error: {exc}", file=sys.stderr)
         return 2
@@ -81,9 +88,15 @@ def main(argv: list[str] | None = None) -> int:
             print(f"best trial: {summary['best_trial']} (parent MLflow run "
                   f"{summary['parent_run_id']})")
             print(f"MLflow UI: mlflow ui --backend-store-uri {summary['tracking_uri']}")
+        elif args.command == "predict":
+            from nnfund_spark.inference import format_summary, run_predict
+            print(format_summary(run_predict(spark, predict_config)))
         else:
+            from nnfund_spark.databricks import publish_task_value
             from nnfund_spark.training.launcher import run_training
             summary = run_training(spark, config)
+            # Databricks multi-task jobs: the predict task reads the trained model's URI.
+            publish_task_value("model_uri", summary["model_uri"] or "")
             print(f"test accuracy: {summary['test_accuracy']:.4f} "
                   f"({summary['test_count']} test images, MLflow run {summary['run_id']})")
             print(f"MLflow UI: mlflow ui --backend-store-uri {summary['tracking_uri']}")
@@ -91,10 +104,19 @@ def main(argv: list[str] | None = None) -> int:
         log.error("%s failed: %s", args.command, exc)
         print(f"nnfund-spark {args.command}: error: {exc}", file=sys.stderr)
         return 1
+    except Exception:  # e.g. an executor's PythonException: keep the whole traceback
+        log.exception("%s failed", args.command)
+        return 1
     finally:
         spark.stop()
     return 0
 
 
-if __name__ == "__main__":
+def run() -> None:
+    """Console-script and Databricks wheel-task entry point: the exit code is the process's,
+    so a failed job fails its task even where a returned value would be ignored."""
     sys.exit(main())
+
+
+if __name__ == "__main__":
+    run()

@@ -370,16 +370,21 @@ def validate(config: JobConfig) -> JobConfig:
     return config
 
 
-def resolve_config_path(name: str | Path) -> Path:
+def resolve_config_path(name: str | Path):
     """A config file path, or the name of a shipped config ('mnist', 'experiments/optimizers'):
-    looked up in the installed package (wheels carry conf/ as nnfund_spark/conf), then in the
-    source checkout's conf/ directory."""
+    looked up in the installed package (wheels carry conf/ as nnfund_spark/conf, readable even
+    when the wheel is imported as a zip from spark-submit --py-files), then in the source
+    checkout's conf/ directory. Returns a Path or an importlib.resources Traversable."""
+    from importlib.resources import files
+
+    if not isinstance(name, (str, Path)):  # already a Traversable (a sweep's base in a wheel)
+        return name
     path = Path(name)
     if path.is_file():
         return path
-    here = Path(__file__).resolve().parent
-    for root in (here / "conf", here.parent / "conf"):
-        for candidate in (root / name, root / f"{name}.yaml"):
+    roots = [files("nnfund_spark").joinpath("conf"), Path(__file__).resolve().parent.parent / "conf"]
+    for root in roots:
+        for candidate in (root.joinpath(str(name)), root.joinpath(f"{name}.yaml")):
             if candidate.is_file():
                 return candidate
     raise ConfigError(f"config file not found: {name} (neither a file nor the name of a shipped "

@@ -34,7 +34,7 @@ if ! "$VENV/bin/python" -c "import horovod.tensorflow" 2>/dev/null; then
   HOROVOD_WITH_GLOO=1 HOROVOD_WITHOUT_MPI=1 MAKEFLAGS=-j2 \
     "${PIP[@]}" install -q --no-build-isolation -c constraints.txt "horovod[spark,tensorflow-cpu]"
 fi
-"${PIP[@]}" install -q --no-build-isolation -c constraints.txt -e ".[cpu,test]"
+"${PIP[@]}" install -q --no-build-isolation -c constraints.txt -e ".[cpu,spark,test]"
 "$VENV/bin/horovodrun" --check-build | grep -E '\[X\] (TensorFlow|Gloo)' >/dev/null \
   || { echo "setup: Horovod was built without TensorFlow or Gloo" >&2; "$VENV/bin/horovodrun" --check-build >&2; exit 1; }
 echo "$WANT" > "$STAMP"

@@ -45,7 +45,7 @@ class Trial:
 @dataclass
 class Sweep:
     name: str
-    base: Optional[Path]
+    base: Optional[object]  # a Path, or a Traversable inside an installed wheel
     trials: list[Trial] = field(default_factory=list)
     varied_keys: list[str] = field(default_factory=list)
     select_metric: str = "val_accuracy"
@@ -59,6 +59,17 @@ def _as_overrides(values: dict, where: str) -> list[str]:
             for key, value in values.items()]
 
 
+def _relative(sweep_file, relative: str):
+    """`base:` resolved against the sweep file's folder (a Path, or a zip-backed Traversable
+    when the sweep ships inside a wheel on --py-files)."""
+    if isinstance(sweep_file, Path):
+        return (sweep_file.parent / relative).resolve()
+    target = sweep_file.parent
+    for part in Path(relative).parts:
+        target = target.parent if part == ".." else target.joinpath(part)
+    return target
+
+
 def load_sweep(path: str | Path, extra_overrides: list[str] = ()) -> Sweep:
     """Read and validate a sweep file; every trial's config is built (and so validated) here,
     before anything trains."""
@@ -69,7 +80,7 @@ def load_sweep(path: str | Path, extra_overrides: list[str] = ()) -> Sweep:
     if unknown:
         raise ConfigError(f"{path}: unknown sweep key(s) {', '.join(sorted(unknown))}; "
                           f"valid: {', '.join(sorted(_KNOWN_KEYS))}")
-    base = (path.parent / spec["base"]).resolve() if spec.get("base") else None
+    base = _relative(path, spec["base"]) if spec.get("base") else None
     shared = _as_overrides(spec.get("set") or {}, f"{path}: set") + list(extra_overrides)
 
     entries: list[tuple[str, dict]] = []

@@ -162,8 +162,12 @@ def log_keras_model(model, manifest: dict):
 
     example = np.zeros((2, *manifest["image_shape"]), np.float32)
     signature = infer_signature(example, model.predict(example, verbose=0))
-    return mlflow.tensorflow.log_model(model, name="model", signature=signature,
-                                       input_example=example)
+    # MLflow 3 names logged models with `name`; 2.x (Databricks Runtime 14.3 ML ships 2.9)
+    # takes `artifact_path`.
+    location = {"name": "model"} if int(mlflow.__version__.split(".")[0]) >= 3 else \
+        {"artifact_path": "model"}
+    return mlflow.tensorflow.log_model(model, signature=signature, input_example=example,
+                                       **location)
 
 
 def sample_images(split_url: str, count: int = 4):
