@@ -72,8 +72,18 @@ def main(argv: list[str] | None = None) -> int:
             print(json.dumps(to_dict(config), indent=2))
         return 0
 
+    from nnfund_spark import databricks
     from nnfund_spark.spark import build_session
     spark = build_session(config.spark, args.master)
+    on_databricks = databricks.is_databricks(os.environ)
+    if on_databricks:
+        # Workspace tracking server and an experiment under the user's workspace folder,
+        # unless the config or MLFLOW_TRACKING_URI chose otherwise.
+        tracking = databricks.databricks_tracking(config.tracking, os.environ,
+                                                  databricks.spark_conf_snapshot(spark))
+        targets = [t.config for t in sweep.trials] if args.command == "sweep" else [config]
+        for target in targets:
+            target.tracking = tracking
     try:
         if args.command == "prepare":
             from nnfund_spark.data.prepare import prepare_dataset
@@ -108,7 +118,9 @@ def main(argv: list[str] | None = None) -> int:
         log.exception("%s failed", args.command)
         return 1
     finally:
-        spark.stop()
+        # Databricks owns its job cluster's SparkContext; stopping it fails later tasks.
+        if not on_databricks:
+            spark.stop()
     return 0
 
 
