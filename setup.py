@@ -50,6 +50,7 @@ setup(
         "pillow>=9",
         "matplotlib>=3.5",
         "opencv-python-headless>=4.5",
+        "scikit-learn>=1.0",       # the built-in `digits` source
     ],
     extras_require={
         # Pick one TensorFlow build. Databricks ML runtimes ship TF already: install with no extra.

@@ -107,8 +107,11 @@ def main(argv: list[str] | None = None) -> int:
             summary = run_training(spark, config)
             # Databricks multi-task jobs: the predict task reads the trained model's URI.
             publish_task_value("model_uri", summary["model_uri"] or "")
-            print(f"test accuracy: {summary['test_accuracy']:.4f} "
-                  f"({summary['test_count']} test images, MLflow run {summary['run_id']})")
+            if summary["test_count"]:
+                print(f"test accuracy: {summary['test_accuracy']:.4f} "
+                      f"({summary['test_count']} test images, MLflow run {summary['run_id']})")
+            else:
+                print(f"no test split to evaluate (MLflow run {summary['run_id']})")
             print(f"MLflow UI: mlflow ui --backend-store-uri {summary['tracking_uri']}")
     except (ValueError, FileNotFoundError, FileExistsError, RuntimeError) as exc:
         log.error("%s failed: %s", args.command, exc)

@@ -77,3 +77,16 @@ def test_download_verifies_and_caches(tmp_path, mnist_raw_dir, monkeypatch):
     assert "t10k-labels-idx1-ubyte.gz: checksum mismatch" in str(err.value)
     assert not (bad_cache / "t10k-labels-idx1-ubyte.gz").exists()
     assert not [p for p in bad_cache.iterdir() if p.name.endswith(".part")]
+
+
+def test_unverified_read_accepts_other_mnist_format_files(tmp_path, mnist_raw_dir):
+    """check=False (data.verify_checksums=false) reads any MNIST-format IDX files as they are."""
+    for path in mnist_raw_dir.iterdir():
+        shutil.copy(path, tmp_path / path.name)
+    labels = tmp_path / "t10k-labels-idx1-ubyte"
+    raw = bytearray(labels.read_bytes())
+    raw[8] = 3
+    labels.write_bytes(bytes(raw))
+    files = idx.read_idx_files("mnist", tmp_path, check=False)
+    assert sorted(files) == sorted(idx.SOURCES["mnist"].sha256)
+    assert load_idx_dataset("mnist", tmp_path, check=False)["test"][1][0] == 3

@@ -1,4 +1,6 @@
-"""The Spark prepare job on real MNIST: exact round trip, deterministic splits, atomic output."""
+"""The Spark prepare job on real MNIST: exact round trip, deterministic splits, atomic output,
+Petastorm metadata, MLflow logging of the manifest."""
+import hashlib
 import json
 
 import numpy as np
@@ -49,6 +51,39 @@ def test_round_trip_is_exact(small_mnist, mnist_raw_dir):
     assert manifest["splits"]["train"]["files"] >= 8
 
 
+def test_manifest_and_petastorm_metadata(small_mnist):
+    import pyarrow.parquet as pq
+    from petastorm.etl.dataset_metadata import ROW_GROUPS_PER_FILE_KEY, get_schema_from_dataset_url
+
+    from nnfund_spark.data.idx import SOURCES
+    from nnfund_spark.data.schema import SCHEMA_VERSION, image_schema
+
+    out, manifest = small_mnist
+    source = manifest["source"]
+    assert source["name"] == "mnist" and source["checksums_verified"] is True
+    # the same value as before the source refactor: sha256 over "stem:published sha256" lines
+    published = "".join(f"{stem}:{sha}\n" for stem, sha in sorted(SOURCES["mnist"].sha256.items()))
+    assert source["checksum_sha256"] == hashlib.sha256(published.encode()).hexdigest()
+    assert manifest["test_split"] == "official" and manifest["test_fraction"] is None
+    assert manifest["schema_version"] == SCHEMA_VERSION and manifest["num_classes"] == 10
+    assert manifest["skipped"]["count"] == 0 and manifest["skipped"]["items"] == []
+    assert manifest["color_mode"] == "keep" and manifest["image_codec"] == "png"
+    expected = image_schema(28, 28, 1, "png")
+    for split in ("train", "validation", "test"):
+        info = manifest["splits"][split]
+        files = sorted((out / split).glob("*.parquet"))
+        # one row group per file, each far below the row-group target
+        assert info["files"] == info["row_groups"] == len(files)
+        assert info["bytes"] == sum(f.stat().st_size for f in files)
+        assert all(f.stat().st_size < 4 << 20 for f in files)
+        meta = pq.read_schema(out / split / "_common_metadata").metadata
+        groups = json.loads(meta[ROW_GROUPS_PER_FILE_KEY])
+        assert groups == {f.name: pq.read_metadata(f).num_row_groups for f in files}
+        schema = get_schema_from_dataset_url((out / split).as_uri())
+        assert list(schema.fields) == list(expected.fields)
+        assert schema.fields["image"].shape == (28, 28)
+
+
 def test_split_is_stratified_and_seeded():
     labels = np.repeat(np.arange(10), [100, 120, 80, 100, 100, 90, 110, 100, 100, 100])
     keep, held = stratified_split(labels, 0.1, seed=7)
@@ -57,6 +92,23 @@ def test_split_is_stratified_and_seeded():
     again_keep, again_held = stratified_split(labels, 0.1, seed=7)
     assert again_held.tobytes() == held.tobytes()
     assert stratified_split(labels, 0.1, seed=8)[1].tobytes() != held.tobytes()
+
+
+def test_splits_without_official_test_set_are_stratified_and_seeded():
+    from nnfund_spark.data.splits import make_splits
+
+    labels = np.repeat(np.arange(4), [50, 30, 20, 100])
+    items = np.arange(1000, 1200)  # item indices need not be positions
+    splits = make_splits({"train": (items, labels)}, 0.1, 0.2, seed=3)
+    members = {name: ids for name, (pool, ids) in splits.items()}
+    assert sorted(np.concatenate(list(members.values())).tolist()) == items.tolist()
+    test_labels = labels[members["test"] - 1000]
+    assert np.bincount(test_labels).tolist() == [10, 6, 4, 20]          # 20% of each class
+    assert np.bincount(labels[members["validation"] - 1000]).tolist() == [4, 2, 2, 8]
+    again = make_splits({"train": (items, labels)}, 0.1, 0.2, seed=3)
+    assert all(again[s][1].tobytes() == splits[s][1].tobytes() for s in splits)
+    other = make_splits({"train": (items, labels)}, 0.1, 0.2, seed=4)
+    assert other["test"][1].tobytes() != splits["test"][1].tobytes()
 
 
 def test_same_seed_same_membership_different_seed_differs(spark, mnist_raw_dir, small_mnist,
@@ -90,20 +142,64 @@ def test_existing_output_is_kept_unless_overwrite(spark, mnist_raw_dir, tmp_path
 
 
 def test_failure_mid_write_leaves_nothing(spark, mnist_raw_dir, tmp_path, monkeypatch):
-    import nnfund_spark.data.prepare as prepare
+    import nnfund_spark.data.writer as writer
 
     calls = []
-    real = prepare._write_split
+    real = writer.finish_split
 
-    def fail_on_test_split(spark_, url, *args, **kwargs):
-        calls.append(url)
-        if url.endswith("/test"):
+    def fail_on_test_split(split_dir, *args, **kwargs):
+        calls.append(split_dir.name)
+        if split_dir.name == "test":
             raise RuntimeError("disk full (simulated)")
-        return real(spark_, url, *args, **kwargs)
+        return real(split_dir, *args, **kwargs)
 
-    monkeypatch.setattr(prepare, "_write_split", fail_on_test_split)
+    monkeypatch.setattr(writer, "finish_split", fail_on_test_split)
     config = DataConfig(raw_dir=str(mnist_raw_dir), output_dir=str(tmp_path / "ds"), limit=300)
     with pytest.raises(RuntimeError, match="disk full"):
         prepare_dataset(spark, config)
-    assert len(calls) == 3          # train and validation were written before the failure
+    assert sorted(calls) == ["test", "train", "validation"]  # the others were complete
     assert list(tmp_path.iterdir()) == []
+
+
+def test_task_failure_on_executor_leaves_nothing_and_names_the_error(spark, tmp_path,
+                                                                     monkeypatch):
+    """A Python error inside a Spark task (here: images that do not fit the declared schema)
+    fails the job with the task's own message, and the old dataset survives untouched."""
+    import nnfund_spark.data.prepare as prepare
+    import nnfund_spark.data.writer as writer
+    from nnfund_spark.data.schema import image_schema
+
+    out = tmp_path / "ds"
+    out.mkdir()
+    (out / "manifest.json").write_text("{}")
+    # Only the executors encode rows once the driver-side size estimate is bypassed.
+    monkeypatch.setattr(prepare, "image_schema", lambda h, w, c, codec: image_schema(h + 1, w, c))
+    monkeypatch.setattr(writer, "estimate_row_bytes", lambda schema, images: 100)
+    config = DataConfig(source="digits", output_dir=str(out), overwrite=True)
+    with pytest.raises(writer.SparkWriteError,
+                       match=r"ValueError: Unexpected dimensions of image feature"):
+        prepare_dataset(spark, config)
+    assert [p.name for p in tmp_path.iterdir()] == ["ds"]
+    assert [p.name for p in out.iterdir()] == ["manifest.json"]
+
+
+def test_log_manifest_to_mlflow(small_mnist, tmp_path, monkeypatch):
+    import mlflow
+
+    from nnfund_spark.data.prepare import log_manifest_to_mlflow
+
+    out, manifest = small_mnist
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    try:
+        assert log_manifest_to_mlflow(manifest) is False  # no active run: nothing logged
+        experiment = mlflow.create_experiment("prep", artifact_location=str(tmp_path / "art"))
+        with mlflow.start_run(experiment_id=experiment) as run:
+            assert log_manifest_to_mlflow(manifest, out.as_uri()) is True
+        logged = mlflow.artifacts.load_dict(f"runs:/{run.info.run_id}/dataset/manifest.json")
+        assert logged == manifest
+        (entry,) = mlflow.get_run(run.info.run_id).inputs.dataset_inputs
+        assert entry.dataset.name == "mnist" and len(entry.dataset.digest) == 32
+        assert {t.key: t.value for t in entry.tags}["mlflow.data.context"] == "training"
+    finally:
+        mlflow.set_tracking_uri(None)

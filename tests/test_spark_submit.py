@@ -45,6 +45,8 @@ def test_wheel_alone_has_code_conf_and_entry_point(wheel, tmp_path):
 
 def spark_submit(workdir, wheel, job, *args, timeout=600):
     env = dict(os.environ, PYSPARK_PYTHON=sys.executable, PYSPARK_DRIVER_PYTHON=sys.executable)
+    # a fresh user shell: no tracking URI left in the environment by in-process MLflow calls
+    env.pop("MLFLOW_TRACKING_URI", None)
     return subprocess.run(
         [str(BIN / "spark-submit"), "--master", "local[2]", "--conf", "spark.ui.enabled=false",
          "--py-files", str(wheel), str(REPO / "jobs" / job), *args],
@@ -82,9 +84,10 @@ def test_prepare_train_with_spark_submit_from_a_scratch_directory(wheel, tmp_pat
     import pyarrow.parquet as pq
     table = pq.read_table(predictions)
     assert table.num_rows == 1500
-    correct = sum(p == l for p, l in zip(table.column("predicted_label").to_pylist(),
+    correct = sum(p == l for p, l in zip(table.column("prediction").to_pylist(),
                                            table.column("label").to_pylist()))
     assert correct / 1500 == pytest.approx(run.data.metrics["test_accuracy"], abs=1e-12)
 
     proc = spark_submit(tmp_path, wheel, "train.py", "-c", "mnist", "--set", "train.epohcs=1")
-    assert proc.returncode == 2 and "unknown config key 'train.epohcs'" in proc.stderr
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert "unknown config key 'train.epohcs'" in proc.stderr + proc.stdout, proc.stderr[-3000:]

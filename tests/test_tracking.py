@@ -34,13 +34,13 @@ def test_failed_job_leaves_a_failed_run_with_the_error(spark, small_mnist, tmp_p
 
     out, _ = small_mnist
     uri = f"sqlite:///{tmp_path}/mlflow.db"
-    # a per-rank batch larger than a rank's shard: the workers raise, Horovod stops the job
-    config = load_config(None, [f"data.output_dir={out}", "train.batch_size=5000",
+    # an augmentation strength only the ranks can check: every worker raises at start-up
+    config = load_config(None, [f"data.output_dir={out}", "train.augment={rotation: -5}",
                                 f"tracking.tracking_uri={uri}", "tracking.experiment=failing"])
     with pytest.raises(WorkerError) as err:
         run_training(spark, config)
     # the workers' own error, not just Horovod's "a process exited with non-zero status"
-    assert "smaller than one batch of 5000" in str(err.value)
+    assert "augmentation 'rotation': expected a number >= 0" in str(err.value)
     assert "rank 0:" in str(err.value) and "rank 1:" in str(err.value)
     client = MlflowClient(uri)
     experiment = client.get_experiment_by_name("failing")

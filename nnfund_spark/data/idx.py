@@ -146,12 +146,12 @@ def verify(path: Path, stem: str, source: IdxSource, display: str | None = None,
     return data
 
 
-def load_idx_dataset(source_name: str, raw_dir: str | Path, download_missing: bool = False,
-                     check: bool = True) -> dict:
-    """Load an IDX source as {'train': (images, labels), 'test': (images, labels), ...}.
+def read_idx_files(source_name: str, raw_dir: str | Path, download_missing: bool = False,
+                   check: bool = True) -> dict:
+    """The four decompressed IDX files of a source as {stem: (path, bytes)}.
 
-    Images come back as uint8 (N, 28, 28, 1); labels as int64 (N,). With check=True the files
-    must match the published content (partial files, `limit`-ed copies and other data sets fail).
+    With check=True each must match the published content (partial files, `limit`-ed copies
+    and other data sets fail); check=False accepts any MNIST-format files.
     """
     if source_name not in SOURCES:
         raise DataSourceError(f"unknown IDX source '{source_name}'; accepted: {', '.join(SOURCES)}")
@@ -162,20 +162,31 @@ def load_idx_dataset(source_name: str, raw_dir: str | Path, download_missing: bo
     if not raw_dir.is_dir():
         raise DataSourceError(f"raw data directory not found: {raw_dir} (expected the four "
                               f"{source_name} IDX files there; set data.download=true to fetch them)")
-    arrays = {}
+    files = {}
     for stem in _STEMS:
         path = find_file(raw_dir, stem)
         if path is None:
             raise DataSourceError(f"{raw_dir}: missing {stem} (or {stem}.gz) for {source_name}")
-        data = verify(path, stem, source) if check else _read_bytes(path)
-        arrays[stem] = parse_idx(data, str(path))
+        files[stem] = (path, verify(path, stem, source) if check else _read_bytes(path))
+    return files
+
+
+def load_idx_dataset(source_name: str, raw_dir: str | Path, download_missing: bool = False,
+                     check: bool = True) -> dict:
+    """Load an IDX source as {'train': (images, labels), 'test': (images, labels), ...}.
+
+    Images come back as uint8 (N, 28, 28, 1); labels as int64 (N,). See read_idx_files for
+    `check`. Labels are not range-checked here (prepare treats out-of-range ones as bad items).
+    """
+    files = read_idx_files(source_name, raw_dir, download_missing, check)
+    arrays = {stem: parse_idx(data, str(path)) for stem, (path, data) in files.items()}
     splits = {}
     for split, prefix in (("train", "train"), ("test", "t10k")):
         images = arrays[f"{prefix}-images-idx3-ubyte"]
         labels = arrays[f"{prefix}-labels-idx1-ubyte"].astype(np.int64)
-        if images.ndim != 3 or images.shape[0] != labels.shape[0]:
+        if images.ndim != 3 or labels.ndim != 1 or images.shape[0] != labels.shape[0]:
             raise DataSourceError(f"{raw_dir}: {prefix} images {images.shape} and labels "
                                   f"{labels.shape} do not match")
         splits[split] = (images[..., np.newaxis], labels)
-    splits["class_names"] = list(source.class_names)
+    splits["class_names"] = list(SOURCES[source_name].class_names)
     return splits

@@ -11,155 +11,50 @@ complete, so a failed run never leaves something that looks like a valid dataset
 """
 from __future__ import annotations
 
-import datetime as dt
-import hashlib
-import json
+import contextlib
 import logging
-import math
 import shutil
 import uuid
 from pathlib import Path
 
+from nnfund_spark.data.storage import local_path
+
 import numpy as np
 
-from nnfund_spark import __version__
 from nnfund_spark.config import DataConfig
-from nnfund_spark.data.idx import SOURCES, load_idx_dataset
-from nnfund_spark.data.schema import SCHEMA_VERSION, image_schema
+from nnfund_spark.data.bad_input import check_bad_items, skipped_summary
+from nnfund_spark.data.idx import DataSourceError
+from nnfund_spark.data.images import channel_histograms, convert_batch, stats_from_histograms
+from nnfund_spark.data.manifest import (MANIFEST, build_manifest, log_manifest_to_mlflow,
+                                        read_manifest, split_entry, write_manifest)
+from nnfund_spark.data.schema import image_schema
+from nnfund_spark.data.splits import make_splits, stratified_split
+from nnfund_spark.data.writer import write_array_splits
 
 log = logging.getLogger(__name__)
 
-MANIFEST = "manifest.json"
 SPLITS = ("train", "validation", "test")
-# At least this many row groups per split (when it has enough rows) so that every Horovod rank
-# of a typical job gets several row groups to shuffle between.
-MIN_ROW_GROUPS = 16
+# Public names other modules and tests import from here.
+__all__ = ["prepare_dataset", "read_manifest", "log_manifest_to_mlflow", "stratified_split",
+           "OutputExistsError", "SPLITS", "MANIFEST"]
 
 
 class OutputExistsError(FileExistsError):
     pass
 
 
-def stratified_split(labels: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Split positions 0..N-1 into (keep, held_out), holding out `fraction` of every class.
-
-    Depends only on labels, fraction and seed (numpy's PCG64), so the same seed gives the same
-    membership on any machine. Both index arrays come back sorted.
-    """
-    rng = np.random.Generator(np.random.PCG64(seed))
-    held_out = []
-    for cls in np.unique(labels):
-        members = np.flatnonzero(labels == cls)
-        count = int(round(len(members) * fraction))
-        held_out.append(rng.permutation(members)[:count])
-    held = np.sort(np.concatenate(held_out)) if held_out else np.array([], dtype=np.int64)
-    keep = np.setdiff1d(np.arange(len(labels)), held, assume_unique=True)
-    return keep, held
-
-
-def _chunks(indices: np.ndarray, bytes_per_row: int, target_mb: int) -> list[np.ndarray]:
-    """Cut a split into contiguous chunks; each becomes one Parquet file with one row group."""
-    if len(indices) == 0:
-        return []
-    rows_by_size = max(1, (target_mb << 20) // max(1, bytes_per_row))
-    rows_by_count = math.ceil(len(indices) / MIN_ROW_GROUPS)
-    rows = max(1, min(rows_by_size, rows_by_count))
-    return np.array_split(indices, math.ceil(len(indices) / rows))
-
-
-def _write_split(spark, url: str, schema, images: np.ndarray, labels: np.ndarray,
-                 indices: np.ndarray, target_mb: int) -> int:
-    """Encode rows on the executors and write them as a Petastorm dataset; returns file count."""
-    from petastorm.etl.dataset_metadata import materialize_dataset
-    from petastorm.unischema import dict_to_spark_row
-
-    stored_shape = schema.fields["image"].shape
-    chunks = _chunks(indices, int(np.prod(images.shape[1:])), target_mb)
-    payload = [(chunk, images[chunk], labels[chunk]) for chunk in chunks]
-
-    def encode(part):
-        # Runs on executors: plain numpy in, Spark Rows out (PNG encoding happens here).
-        for chunk, imgs, labs in part:
-            if len(stored_shape) == 2:
-                imgs = imgs[..., 0]
-            for index, image, label in zip(chunk, imgs, labs):
-                yield dict_to_spark_row(schema, {"index": np.int64(index), "image": image,
-                                                 "label": np.int32(label)})
-
-    with materialize_dataset(spark, url, schema, row_group_size_mb=target_mb):
-        rdd = spark.sparkContext.parallelize(payload, numSlices=max(1, len(payload)))
-        frame = spark.createDataFrame(rdd.mapPartitions(encode), schema.as_spark_schema())
-        frame.write.mode("error").parquet(url)
-    return len(payload)
-
-
-def _source_checksum(source_name: str) -> str:
-    digest = hashlib.sha256()
-    for stem, sha in sorted(SOURCES[source_name].sha256.items()):
-        digest.update(f"{stem}:{sha}\n".encode())
-    return digest.hexdigest()
-
-
-def prepare_dataset(spark, config: DataConfig) -> dict:
-    """Prepare config.source into config.output_dir; return the manifest that was written."""
-    output = Path(config.output_dir).expanduser().resolve()
-    if output.exists() and not config.overwrite:
+@contextlib.contextmanager
+def atomic_output(output: Path, overwrite: bool):
+    """Yield a hidden staging directory; on success it replaces `output`, on any error it is
+    removed and `output` (if it existed) is untouched."""
+    if output.exists() and not overwrite:
         raise OutputExistsError(f"output already exists: {output} (pass --overwrite or set "
                                 f"data.overwrite=true to replace it)")
-    raw = load_idx_dataset(config.source, config.raw_dir, download_missing=config.download)
-
-    train_images, train_labels = raw["train"]
-    test_images, test_labels = raw["test"]
-    if config.limit:
-        train_images, train_labels = train_images[:config.limit], train_labels[:config.limit]
-        test_images, test_labels = test_images[:config.limit], test_labels[:config.limit]
-    keep, held = stratified_split(train_labels, config.validation_fraction, config.seed)
-    splits = {
-        "train": (train_images, train_labels, keep),
-        "validation": (train_images, train_labels, held),
-        "test": (test_images, test_labels, np.arange(len(test_labels))),
-    }
-    height, width, channels = train_images.shape[1:]
-    schema = image_schema(height, width, channels, config.image_codec)
-    class_names = raw["class_names"]
-
     output.parent.mkdir(parents=True, exist_ok=True)
     staging = output.parent / f".{output.name}.tmp-{uuid.uuid4().hex[:8]}"
     staging.mkdir()
     try:
-        manifest_splits = {}
-        for split, (images, labels, indices) in splits.items():
-            url = (staging / split).as_uri()
-            files = _write_split(spark, url, schema, images, labels, indices,
-                                 config.row_group_size_mb)
-            counts = np.bincount(labels[indices], minlength=len(class_names))
-            manifest_splits[split] = {
-                "count": int(len(indices)),
-                "files": files,
-                "per_class": {name: int(c) for name, c in zip(class_names, counts)},
-                "index_sha256": hashlib.sha256(indices.astype("<i8").tobytes()).hexdigest(),
-            }
-            log.info("wrote %s: %d examples in %d files", split, len(indices), files)
-        pixels = train_images[keep].reshape(-1, channels).astype(np.float64) / 255.0
-        manifest = {
-            "schema_version": SCHEMA_VERSION,
-            "nnfund_spark_version": __version__,
-            "created_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-            "source": {"name": config.source, "raw_dir": str(Path(config.raw_dir).resolve()),
-                       "checksum_sha256": _source_checksum(config.source),
-                       "limit": config.limit},
-            "image_shape": [int(height), int(width), int(channels)],
-            "image_codec": config.image_codec,
-            "num_classes": len(class_names),
-            "class_names": class_names,
-            "split_seed": config.seed,
-            "validation_fraction": config.validation_fraction,
-            "splits": manifest_splits,
-            "train_channel_mean": pixels.mean(axis=0).round(6).tolist(),
-            "train_channel_std": pixels.std(axis=0).round(6).tolist(),
-            "skipped": {"count": 0, "items": []},
-        }
-        (staging / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
+        yield staging
         if output.exists():  # only reachable with overwrite=True
             trash = output.parent / f".{output.name}.old-{uuid.uuid4().hex[:8]}"
             output.rename(trash)
@@ -170,16 +65,62 @@ def prepare_dataset(spark, config: DataConfig) -> dict:
     finally:
         if staging.exists():
             shutil.rmtree(staging)
+
+
+def prepare_dataset(spark, config: DataConfig) -> dict:
+    """Prepare config.source into config.output_dir; return the manifest that was written."""
+    output = local_path(config.output_dir)
+    if config.source == "image_folder":
+        from nnfund_spark.data.sources.image_folder import prepare_image_folder as run
+    else:
+        run = _prepare_arrays
+    # The existence check comes first, so nothing is read when the output is in the way.
+    with atomic_output(output, config.overwrite) as staging:
+        manifest = run(spark, config, staging)
+        write_manifest(staging, manifest)
+    for split in SPLITS:
+        info = manifest["splits"][split]
+        log.info("wrote %s: %d examples in %d files", split, info["count"], info["files"])
+    if manifest["skipped"]["count"]:
+        log.warning("skipped %d bad input items (listed in %s): %s", manifest["skipped"]["count"],
+                    output / MANIFEST, manifest["skipped"]["by_reason"])
     return manifest
 
 
-def read_manifest(dataset_dir: str | Path) -> dict:
-    path = Path(dataset_dir).expanduser() / MANIFEST
-    if not path.is_file():
-        raise FileNotFoundError(f"no {MANIFEST} in {dataset_dir}: is it a dataset written by "
-                                f"'nnfund-spark prepare'?")
-    manifest = json.loads(path.read_text())
-    if manifest.get("schema_version", 0) > SCHEMA_VERSION:
-        raise ValueError(f"{path}: schema version {manifest['schema_version']} is newer than this "
-                         f"nnfund_spark understands ({SCHEMA_VERSION}); upgrade nnfund_spark")
-    return manifest
+def _prepare_arrays(spark, config: DataConfig, staging: Path) -> dict:
+    """IDX / CIFAR-10 / digits: load on the driver, split there, encode and write on Spark."""
+    from nnfund_spark.data.sources import bad_labels, load_array_source
+
+    source = load_array_source(config)
+    if config.limit:
+        source.splits = {name: (images[:config.limit], labels[:config.limit])
+                         for name, (images, labels) in source.splits.items()}
+    bad, pools = [], {}
+    for name, (_, labels) in source.splits.items():
+        split_bad, good = bad_labels(source, name)
+        bad += split_bad
+        positions = np.flatnonzero(good)
+        pools[name] = (positions, labels[positions])
+    total = sum(len(labels) for _, labels in source.splits.values())
+    check_bad_items(bad, total, config.max_bad_fraction, f"{source.name} images")
+    if total - len(bad) == 0:
+        raise DataSourceError(f"{source.name}: the source holds no usable images")
+    members = make_splits(pools, config.validation_fraction, config.test_fraction, config.seed)
+
+    converted = {name: convert_batch(images, config.color_mode)
+                 for name, (images, _) in source.splits.items()}
+    height, width, channels = converted["train"].shape[1:]
+    schema = image_schema(height, width, channels, config.image_codec)
+    plan = {split: (indices, converted[pool][indices], source.splits[pool][1][indices])
+            for split, (pool, indices) in members.items()}
+    files = write_array_splits(spark, staging, schema, plan, config.row_group_size_mb)
+
+    mean, std = stats_from_histograms(channel_histograms(plan["train"][1]))
+    splits = {split: split_entry(indices, labels, source.class_names, files[split])
+              for split, (indices, _, labels) in plan.items()}
+    source_entry = {"name": source.name, **source.info,
+                    "checksum_sha256": source.checksum_sha256,
+                    "checksums_verified": source.checksums_verified, "limit": config.limit}
+    return build_manifest(config, source_entry, source.class_names, [height, width, channels],
+                          splits, mean, std, skipped_summary(bad, total, config.max_bad_fraction),
+                          "official" if "test" in source.splits else "stratified")

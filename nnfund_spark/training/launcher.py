@@ -8,7 +8,8 @@ import time
 from pathlib import Path
 
 from nnfund_spark.config import JobConfig, flatten, to_dict
-from nnfund_spark.data.prepare import SPLITS, read_manifest
+from nnfund_spark.data.prepare import SPLITS, log_manifest_to_mlflow, read_manifest
+from nnfund_spark.data.storage import local_path
 from nnfund_spark.tracking.mlflow_utils import (redact, resolve_tracking_uri, run_tags,
                                                 start_job_run)
 
@@ -130,7 +131,9 @@ def worker_settings(config: JobConfig, manifest: dict, dataset_dir: Path) -> dic
         "early_stopping_patience": train.early_stopping_patience,
         "early_stopping_metric": train.early_stopping_metric,
         "log_dead_relu": train.log_dead_relu,
-        "split_urls": {split: (dataset_dir / split).as_uri() for split in SPLITS},
+        # Empty splits (e.g. validation_fraction=0) are left out: Petastorm cannot open them.
+        "split_urls": {split: (dataset_dir / split).as_uri() for split in SPLITS
+                       if manifest["splits"].get(split, {}).get("count", 0) > 0},
         "manifest": {"image_shape": manifest["image_shape"],
                      "num_classes": manifest["num_classes"]},
         "model": train.model, "optimizer": train.optimizer,
@@ -198,8 +201,10 @@ def run_training(spark, config: JobConfig, extra_settings: dict | None = None,
 
     from nnfund_spark.tracking.run_logging import log_training_artifacts
 
-    dataset_dir = Path(config.data.output_dir).expanduser().resolve()
+    dataset_dir = local_path(config.data.output_dir)
     manifest = read_manifest(dataset_dir)
+    if not manifest["splits"]["train"]["count"]:
+        raise ValueError(f"{dataset_dir}: the train split is empty; nothing to train on")
     num_proc = resolve_num_proc(spark, config.train)
     resume = resume_point(config.train)
     tracking_uri = resolve_tracking_uri(config.tracking)
@@ -217,14 +222,13 @@ def run_training(spark, config: JobConfig, extra_settings: dict | None = None,
                            "dataset.train_count": manifest["splits"]["train"]["count"]})
             mlflow.log_params({k: ("" if v is None else v) for k, v in params.items()})
             mlflow.set_tags(run_tags(spark))
-            mlflow.log_dict(manifest, "dataset/manifest.json")
+            log_manifest_to_mlflow(manifest, dataset_dir.as_uri())
 
         settings = worker_settings(config, manifest, dataset_dir)
         settings.update({"tracking_uri": tracking_uri, "mlflow_run_id": run.info.run_id,
                          "resume_from": resume})
         if config.train.checkpoint_dir:
-            settings["checkpoint_dir"] = str(Path(config.train.checkpoint_dir).expanduser()
-                                             .resolve())
+            settings["checkpoint_dir"] = str(local_path(config.train.checkpoint_dir))
         settings.update(extra_settings or {})
         from nnfund_spark.training.worker import train_worker
 
@@ -239,9 +243,10 @@ def run_training(spark, config: JobConfig, extra_settings: dict | None = None,
             raise_worker_errors(run.info.run_id, tracking_uri, exc)
         wall = time.time() - started
         rank0 = next(r for r in results if r["rank"] == 0)
-        mlflow.log_metrics({"test_loss": rank0["test_loss"],
-                            "test_accuracy": rank0["test_accuracy"],
-                            "train_wall_seconds": wall})
+        mlflow.log_metric("train_wall_seconds", wall)
+        if rank0["test_count"]:
+            mlflow.log_metrics({"test_loss": rank0["test_loss"],
+                                "test_accuracy": rank0["test_accuracy"]})
         mlflow.set_tags({"device": rank0["device"],
                          "weights_identical_across_ranks":
                              str(len({r["weights_sha256"] for r in results}) == 1)})
@@ -255,7 +260,7 @@ def run_training(spark, config: JobConfig, extra_settings: dict | None = None,
         model_uri = None
         if config.tracking.log_model:
             model_uri = log_keras_model(model, manifest).model_uri
-        if config.tracking.log_artifacts:
+        if config.tracking.log_artifacts and rank0["test_count"]:
             log_training_artifacts(model, rank0["history"], rank0["test_confusion"],
                                    manifest["class_names"],
                                    sample_images(settings["split_urls"]["test"]),

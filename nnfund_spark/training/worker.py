@@ -67,6 +67,7 @@ def train_worker(settings: dict) -> dict:
 def _train(settings: dict) -> dict:
     import tempfile
 
+    import numpy as np
     import tensorflow as tf
     import horovod.tensorflow as hvd_tf
     import horovod.tensorflow.keras as hvd
@@ -93,7 +94,9 @@ def _train(settings: dict) -> dict:
     tf.keras.utils.set_random_seed(settings["seed"] + rank)
 
     started = time.time()
+    empty = (np.zeros((0,), np.int64), None, np.zeros((0,), np.int32))
     shards = {split: read_shard(settings["split_urls"][split], rank, size)
+              if split in settings["split_urls"] else empty
               for split in ("train", "validation", "test")}
     read_seconds = time.time() - started
     train_index, train_images, train_labels = shards["train"]
@@ -138,8 +141,10 @@ def _train(settings: dict) -> dict:
             **_schedule_params(settings)), steps),
         # Horovod: report train metrics averaged over ranks, not rank 0's alone.
         hvd.callbacks.MetricAverageCallback(),
-        ShardedEvaluation(shards["validation"][1:], num_classes, batch_size=512, prefix="val_"),
     ]
+    if "validation" in settings["split_urls"]:
+        callbacks.append(ShardedEvaluation(shards["validation"][1:], num_classes, batch_size=512,
+                                           prefix="val_"))
     if settings.get("fault_injection"):
         callbacks.append(FaultInjection(rank, **settings["fault_injection"]))
     tensorboard_dir = None
@@ -174,7 +179,9 @@ def _train(settings: dict) -> dict:
         # Validation metrics are allreduced, so every rank takes the same decision.
         if stopper.should_stop(history):
             break
-    test = sharded_evaluate(model, *shards["test"][1:], num_classes, batch_size=512)
+    test = (sharded_evaluate(model, *shards["test"][1:], num_classes, batch_size=512)
+            if "test" in settings["split_urls"] else
+            {"loss": None, "accuracy": None, "count": 0, "confusion": None})
     if tensorboard_dir:
         from mlflow.tracking import MlflowClient
         MlflowClient(settings["tracking_uri"]).log_artifacts(
