@@ -30,7 +30,7 @@ def plain_keras(raw_dir: Path, limit: int, epochs: int, batch_size: int) -> dict
     from nnfund_spark.training.pipeline import epoch_dataset
 
     tf.config.threading.set_intra_op_parallelism_threads(1)
-    tf.config.threading.set_inter_op_parallelism_threads(2)
+    tf.config.threading.set_inter_op_parallelism_threads(1)
     images, labels = load_idx_dataset("mnist", raw_dir)["train"]
     images, labels = images[:limit], labels[:limit].astype(np.int32)
     keep, _ = stratified_split(labels, 0.1, 42)

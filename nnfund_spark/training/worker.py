@@ -89,7 +89,8 @@ def _train(settings: dict) -> dict:
     devices = configure_devices(tf, hvd.local_rank(), settings)
     threads = settings["intra_op_threads"] or max(1, (os.cpu_count() or 1) // hvd.local_size())
     tf.config.threading.set_intra_op_parallelism_threads(threads)
-    tf.config.threading.set_inter_op_parallelism_threads(max(2, threads))
+    # inter-op = intra-op: a rank then uses exactly `threads` cores and ranks do not contend.
+    tf.config.threading.set_inter_op_parallelism_threads(threads)
     # Weights are broadcast from rank 0, so per-rank seeds only change shuffling and dropout.
     tf.keras.utils.set_random_seed(settings["seed"] + rank)
 
