@@ -1,8 +1,8 @@
 """What changes when a job runs on Databricks, as pure functions of the environment and the Spark
 conf, so every rule is testable off the platform.
 
-Only the thin ``*_from_session`` / ``publish_task_value`` / ``ensure_workspace_dir`` helpers touch a
-live cluster; everything else takes plain mappings:
+Only ``spark_conf_snapshot`` and ``publish_task_value`` touch a live cluster; everything else
+takes plain mappings:
 
     env = os.environ; conf = spark_conf_snapshot(spark)
     if is_databricks(env):
@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,7 +19,6 @@ from typing import Mapping, Optional
 
 from nnfund_spark.config import TrackingConfig
 
-log = logging.getLogger(__name__)
 
 # Set by every Databricks Runtime (e.g. "14.3"); absent everywhere else.
 RUNTIME_ENV = "DATABRICKS_RUNTIME_VERSION"
@@ -151,10 +149,6 @@ def spark_conf_snapshot(spark) -> dict[str, str]:
     return {key: value for key, value in values.items() if value is not None}
 
 
-def defaults_from_session(spark, experiment: str = "nnfund_spark") -> Optional[DatabricksDefaults]:
-    return databricks_defaults(os.environ, spark_conf_snapshot(spark), experiment)
-
-
 def publish_task_value(key: str, value: str) -> bool:
     """Make `value` available to later tasks of a Databricks job as
     {{tasks.<this task>.values.<key>}}; returns False (and does nothing) off Databricks."""
@@ -164,11 +158,3 @@ def publish_task_value(key: str, value: str) -> bool:
 
     dbutils.jobs.taskValues.set(key=key, value=value)
     return True
-
-
-def ensure_workspace_dir(path: str) -> None:
-    """Create a workspace folder (e.g. the parent of an experiment path); needs databricks-sdk
-    and workspace credentials, which a Databricks job has."""
-    from databricks.sdk import WorkspaceClient
-
-    WorkspaceClient().workspace.mkdirs(path)

@@ -57,6 +57,17 @@ def check_input_shape(input_shape: Sequence[int], needs_image: bool = True) -> t
     return shape
 
 
+def start_image_model(input_shape, dropout: float, dense_dropout: float, **options):
+    """What every image model begins with: the checked (H, W, C) shape and dropout rates, the
+    shared layer options, and the input layers. Returns (options, inputs, x)."""
+    shape = check_input_shape(input_shape)
+    check_rate("dropout", dropout)
+    check_rate("dense_dropout", dense_dropout)
+    layer_options = LayerOptions(**options)
+    inputs, x = layer_options.inputs(shape)
+    return layer_options, inputs, x
+
+
 @dataclass(frozen=True)
 class LayerOptions:
     """The validated common options; builders call its helpers instead of raw Keras layers."""

@@ -8,7 +8,7 @@ from __future__ import annotations
 from typing import Sequence
 
 from nnfund_spark.models.blocks import (LayerOptions, check_input_shape, check_rate, check_width,
-                                        dropout as dropout_layer, scaled)
+                                        dropout as dropout_layer, scaled, start_image_model)
 
 
 def mlp(input_shape, num_classes, *, units: Sequence[int] = (1000, 1000), dropout: float = 0.0,
@@ -51,13 +51,9 @@ def lenet5(input_shape, num_classes, *, dropout: float = 0.0, dense_dropout: flo
     """
     import tensorflow as tf
 
-    shape = check_input_shape(input_shape)
-    check_rate("dropout", dropout)
-    check_rate("dense_dropout", dense_dropout)
     layers = tf.keras.layers
-    options = LayerOptions(**common)
-    inputs, x = options.inputs(shape)
-    padding = "same" if min(shape[:2]) < 32 else "valid"
+    options, inputs, x = start_image_model(input_shape, dropout, dense_dropout, **common)
+    padding = "same" if min(input_shape[:2]) < 32 else "valid"
     x = options.conv(x, 6, 5, name="c1", padding=padding)
     x = dropout_layer(layers.MaxPooling2D(2, name="s2")(x), dropout, "s2_dropout")
     x = options.conv(x, 16, 5, name="c3", padding="valid")
@@ -78,12 +74,8 @@ def mnist_cnn(input_shape, num_classes, *, dropout: float = 0.25, dense_dropout:
     """
     import tensorflow as tf
 
-    shape = check_input_shape(input_shape)
-    check_rate("dropout", dropout)
-    check_rate("dense_dropout", dense_dropout)
     layers = tf.keras.layers
-    options = LayerOptions(**common)
-    inputs, x = options.inputs(shape)
+    options, inputs, x = start_image_model(input_shape, dropout, dense_dropout, **common)
     x = options.conv(x, 32, 3, name="conv1", padding="valid")
     x = options.conv(x, 64, 3, name="conv2", padding="valid")
     x = layers.MaxPooling2D(2, name="pool")(x)
@@ -114,13 +106,9 @@ def alexnet(input_shape, num_classes, *, width: float = 1.0, dropout: float = 0.
     """
     import tensorflow as tf
 
-    shape = check_input_shape(input_shape)
     width = check_width(width)
-    check_rate("dropout", dropout)
-    check_rate("dense_dropout", dense_dropout)
     layers = tf.keras.layers
-    options = LayerOptions(**common)
-    inputs, x = options.inputs(shape)
+    options, inputs, x = start_image_model(input_shape, dropout, dense_dropout, **common)
     for index, (filters, kernel) in enumerate(ALEXNET_CONV, start=1):
         x = options.conv(x, scaled(width, filters), kernel, name=f"conv{index}")
         if index in (1, 2, 5):

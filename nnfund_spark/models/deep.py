@@ -4,8 +4,8 @@ Common options: ``models.blocks`` docstring.
 """
 from __future__ import annotations
 
-from nnfund_spark.models.blocks import (LayerOptions, check_input_shape, check_rate, check_width,
-                                        dropout as dropout_layer, scaled)
+from nnfund_spark.models.blocks import (LayerOptions, check_width, dropout as dropout_layer,
+                                        scaled, start_image_model)
 
 # Convs per block for each VGG depth (Simonyan & Zisserman 2015, table 1, configurations A, B,
 # D, E): depth counts weight layers, i.e. these convs plus the three dense layers.
@@ -32,13 +32,9 @@ def vgg(input_shape, num_classes, *, depth: int = 16, width: float = 1.0, dropou
     if depth not in VGG_BLOCKS:
         raise ValueError(f"unknown vgg depth {depth!r}; available: "
                          f"{', '.join(str(key) for key in VGG_BLOCKS)}")
-    shape = check_input_shape(input_shape)
     width = check_width(width)
-    check_rate("dropout", dropout)
-    check_rate("dense_dropout", dense_dropout)
     layers = tf.keras.layers
-    options = LayerOptions(**common)
-    inputs, x = options.inputs(shape)
+    options, inputs, x = start_image_model(input_shape, dropout, dense_dropout, **common)
     for block, (convs, filters) in enumerate(zip(VGG_BLOCKS[depth], VGG_WIDTHS), start=1):
         for index in range(1, convs + 1):
             x = options.conv(x, scaled(width, filters), 3, name=f"block{block}_conv{index}")
@@ -97,13 +93,9 @@ def inception(input_shape, num_classes, *, width: float = 0.25, dropout: float =
     """
     import tensorflow as tf
 
-    shape = check_input_shape(input_shape)
     width = check_width(width)
-    check_rate("dropout", dropout)
-    check_rate("dense_dropout", dense_dropout)
     layers = tf.keras.layers
-    options = LayerOptions(**common)
-    inputs, x = options.inputs(shape)
+    options, inputs, x = start_image_model(input_shape, dropout, dense_dropout, **common)
     x = options.conv(x, scaled(width, INCEPTION_STEM), 3, name="stem")
     pools = 0
     for name, widths in INCEPTION_PLAN:

@@ -19,8 +19,8 @@ shortcut cannot follow.
 """
 from __future__ import annotations
 
-from nnfund_spark.models.blocks import (LayerOptions, check_input_shape, check_rate, check_width,
-                                        dropout as dropout_layer, scaled)
+from nnfund_spark.models.blocks import (LayerOptions, check_width, dropout as dropout_layer,
+                                        scaled, start_image_model)
 
 SHORTCUTS = ("A", "B")
 STAGE_WIDTHS = (16, 32, 64)
@@ -68,13 +68,11 @@ def resnet(input_shape, num_classes, *, depth: int = 20, width: float = 1.0,
     if common.get("activation") == "maxout":
         raise ValueError("resnet cannot use activation 'maxout': it divides the channel count, "
                          "which identity shortcuts cannot follow; choose another activation")
-    shape = check_input_shape(input_shape)
     width = check_width(width)
-    check_rate("dropout", dropout)
-    check_rate("dense_dropout", dense_dropout)
-    options = LayerOptions(normalization=normalization, initializer=initializer, **common)
+    options, inputs, x = start_image_model(input_shape, dropout, dense_dropout,
+                                           normalization=normalization,
+                                           initializer=initializer, **common)
     blocks_per_stage = (depth - 2) // 6
-    inputs, x = options.inputs(shape)
     x = options.conv(x, scaled(width, STAGE_WIDTHS[0]), 3, name="stem")
     for stage, stage_width in enumerate(STAGE_WIDTHS, start=1):
         for block in range(1, blocks_per_stage + 1):

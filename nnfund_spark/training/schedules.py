@@ -11,7 +11,7 @@
   (default 0.95 per epoch), so it starts exactly at the peak.
 - ``cosine``: base_lr · (f + (1 − f) · ½ (1 + cos(π · progress))) with f = final_lr_fraction
   (default 0.05), progress going 0 → 1 from the end of warm-up to the last step; f = 1 disables
-  decay. Identical to the previous ``training.worker.cosine_lr``.
+  decay.
 
 Every schedule takes ``warmup_epochs`` (default 0): the rate rises linearly from base_lr/10 to
 base_lr over that many epochs first (Goyal et al. 2017; starting at a tenth rather than at zero
