@@ -1,10 +1,9 @@
 """How fast is `prepare` against the simplest thing that could work?
 
 Prepares full MNIST (70,000 images) with the Spark job (`prepare_dataset`, local[2] by default)
-and with a single-process baseline that writes the same arrays with pyarrow directly: the same
-IDX loading and splits, the same PNG encoding (OpenCV, via the Petastorm codec), the same files
-and row groups, but no Spark, no manifest, no Petastorm metadata. Runs alternate (baseline,
-Spark, baseline, ...) so load from other processes hits both alike; medians are reported.
+and with the single-process pyarrow baseline of `nnfund_spark.benchmark.prepare_baseline`.
+Runs alternate (baseline, Spark, baseline, ...) so load from other processes hits both alike;
+medians are reported. `nnfund-spark benchmark` measures the same ratio among its others.
 
     .venv/bin/python benchmarks/bench_prepare.py [--runs 3] [--master local[2]] [--codec png]
 
@@ -24,38 +23,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-
-def baseline(raw_dir: Path, out: Path, codec: str, target_mb: int, seed: int) -> int:
-    """Single process: load, split, encode, one pq.write_table per chunk. Returns images."""
-    import numpy as np
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    from nnfund_spark.data.schema import image_schema
-    from nnfund_spark.data.sources.idx_source import load_idx
-    from nnfund_spark.config import DataConfig
-    from nnfund_spark.data.splits import make_splits
-    from nnfund_spark.data.writer import encode_image, estimate_row_bytes, file_count
-
-    source = load_idx(DataConfig(raw_dir=str(raw_dir)))
-    pools = {name: (np.arange(len(labels)), labels) for name, (_, labels) in source.splits.items()}
-    members = make_splits(pools, 0.1, 0.2, seed)
-    schema = image_schema(28, 28, 1, codec)
-    row_bytes = estimate_row_bytes(schema, source.splits["train"][0])
-    total = 0
-    for split, (pool, indices) in members.items():
-        images, labels = source.splits[pool]
-        (out / split).mkdir(parents=True)
-        for number, rows in enumerate(np.array_split(
-                indices, file_count(len(indices), row_bytes, target_mb))):
-            table = pa.table({"image": pa.array([encode_image(schema, images[i]) for i in rows],
-                                                pa.binary()),
-                              "index": pa.array(rows, pa.int64()),
-                              "label": pa.array(labels[rows], pa.int32())})
-            pq.write_table(table, out / split / f"part-{number:05d}.parquet",
-                           row_group_size=len(rows))
-            total += len(rows)
-    return total
+from nnfund_spark.benchmark.prepare_baseline import pyarrow_prepare  # noqa: E402
 
 
 def main() -> int:
@@ -88,7 +56,7 @@ def main() -> int:
         for run in range(args.runs):
             out = scratch / f"baseline-{run}"
             started = time.perf_counter()
-            images = baseline(Path(args.raw_dir), out, args.codec, args.row_group_size_mb, 42)
+            images = pyarrow_prepare(Path(args.raw_dir), out, args.codec, args.row_group_size_mb, 42)
             times["baseline"].append(time.perf_counter() - started)
 
             config = DataConfig(raw_dir=args.raw_dir, output_dir=str(scratch / f"spark-{run}"),

@@ -33,13 +33,66 @@ def _parser() -> argparse.ArgumentParser:
         cmd.add_argument("--master", help="Spark master (default: spark-submit's, else local[*])")
         cmd.add_argument("--print-config", action="store_true",
                          help="print the resolved config as JSON and exit")
+        if name == "train":
+            cmd.add_argument("--summary-json", metavar="PATH",
+                             help="also write the job's summary (run id, model URI, test "
+                                  "metrics, per-epoch history, per-rank timings) as JSON")
         if name == "prepare":
             cmd.add_argument("--overwrite", action="store_true",
                              help="replace an existing dataset at data.output_dir")
         if name == "predict":
             from nnfund_spark.inference.cli_args import add_predict_arguments
             add_predict_arguments(cmd)
+    bench = sub.add_parser("benchmark", help="time-to-accuracy, throughput, scaling and "
+                                             "prepare figures against plain Keras/pyarrow")
+    bench.add_argument("--quick", action="store_true",
+                       help="a smoke run on a few thousand images (targets shown as n/a)")
+    bench.add_argument("--output", default="benchmark-results",
+                       help="where benchmark.json and benchmark.md go")
+    bench.add_argument("--work-dir", help="datasets, logs and per-step JSON "
+                                          "(default: <output>/work)")
+    bench.add_argument("--keep-datasets", action="store_true",
+                       help="keep the prepared datasets in the work dir (logs are always kept)")
+    bench.add_argument("--mnist-raw", default="data/raw/mnist")
+    bench.add_argument("--fashion-raw", default="data/raw/fashion_mnist")
+    bench.add_argument("--master", default="local[2]", help="Spark master of every job")
+    bench.add_argument("--tracking-uri", help="MLflow store for the jobs and the summary run "
+                                              "(default: MLFLOW_TRACKING_URI, else ./mlflow.db)")
+    bench.add_argument("--no-tracking", action="store_true",
+                       help="no summary run; the jobs' runs go to a store in the work dir")
     return parser
+
+
+def _benchmark(args) -> int:
+    from pathlib import Path
+
+    from nnfund_spark.benchmark.suite import (BenchmarkError, BenchmarkPlan, remove_datasets,
+                                              run_benchmark)
+    from nnfund_spark.config import TrackingConfig
+    from nnfund_spark.tracking.mlflow_utils import resolve_tracking_uri
+
+    output = Path(args.output).resolve()
+    work_dir = Path(args.work_dir).resolve() if args.work_dir else output / "work"
+    if args.no_tracking:
+        tracking_uri = f"sqlite:///{work_dir / 'mlflow.db'}"
+    else:
+        tracking_uri = resolve_tracking_uri(TrackingConfig(tracking_uri=args.tracking_uri))
+    plan = BenchmarkPlan.for_mode(args.quick, mnist_raw=args.mnist_raw,
+                                  fashion_raw=args.fashion_raw, master=args.master)
+    try:
+        results = run_benchmark(plan, work_dir, output, tracking_uri,
+                                log_summary=not args.no_tracking)
+    except (BenchmarkError, ValueError, FileNotFoundError) as exc:
+        print(f"nnfund-spark benchmark: error: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        if not args.keep_datasets:
+            remove_datasets(work_dir)
+    from nnfund_spark.benchmark.suite import to_markdown
+    print(to_markdown(results))
+    print(f"figures: {output / 'benchmark.json'}, {output / 'benchmark.md'}; "
+          f"logs: {work_dir / 'logs'}")
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -48,6 +101,8 @@ def main(argv: list[str] | None = None) -> int:
     # Our own progress at INFO; Spark/py4j/Horovod chatter only from WARNING up.
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     log.setLevel(logging.INFO)
+    if args.command == "benchmark":
+        return _benchmark(args)
     overrides = list(args.overrides)
     if getattr(args, "overwrite", False):
         overrides.append("data.overwrite=true")
@@ -74,6 +129,9 @@ def main(argv: list[str] | None = None) -> int:
 
     from nnfund_spark import databricks
     from nnfund_spark.spark import build_session
+    if args.command in ("train", "sweep"):
+        from nnfund_spark.training.launcher import start_horovod_build_check
+        start_horovod_build_check()  # overlaps the Spark start-up below
     spark = build_session(config.spark, args.master)
     on_databricks = databricks.is_databricks(os.environ)
     if on_databricks:
@@ -105,6 +163,8 @@ def main(argv: list[str] | None = None) -> int:
             from nnfund_spark.databricks import publish_task_value
             from nnfund_spark.training.launcher import run_training
             summary = run_training(spark, config)
+            if args.summary_json:
+                _write_json(args.summary_json, summary)
             # Databricks multi-task jobs: the predict task reads the trained model's URI.
             publish_task_value("model_uri", summary["model_uri"] or "")
             if summary["test_count"]:
@@ -125,6 +185,17 @@ def main(argv: list[str] | None = None) -> int:
         if not on_databricks:
             spark.stop()
     return 0
+
+
+def _write_json(path: str, value) -> None:
+    """Write JSON atomically: a reader never sees half a file."""
+    from pathlib import Path
+
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    partial = target.with_name(target.name + ".partial")
+    partial.write_text(json.dumps(value, indent=2, default=str))
+    partial.replace(target)
 
 
 def run() -> None:

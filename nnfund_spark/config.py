@@ -175,6 +175,19 @@ class TrainConfig:
     seed: int = 42
     # TensorFlow intra-op threads per rank; 0 = cores on this host / ranks on this host.
     intra_op_threads: int = 0
+    # Bind each rank's process to its own share of the host's cores (local rank k of n gets
+    # cores k*c/n .. (k+1)*c/n - 1 of the c it may use). For CPU training: ranks then never
+    # contend for a core, and "1 rank" means exactly one core's share. Off by default: an
+    # executor that also runs other tasks would see them squeezed.
+    cpu_binding: bool = False
+    # With cpu_binding: cores per rank (0 = an equal share of the host's cores); e.g. 1 gives
+    # a single rank exactly one core, for like-for-like throughput comparisons.
+    cores_per_rank: int = 0
+    # Stop as soon as target_split's accuracy (evaluated on all ranks after every epoch) reaches
+    # this value; None = train all epochs. target_split "test" is the time-to-accuracy
+    # benchmark protocol (DAWNBench): it tunes on the test set, so use it for benchmarks only.
+    target_accuracy: Optional[float] = None
+    target_split: str = "validation"
     # Seconds Horovod waits for all ranks to start before failing instead of hanging.
     start_timeout: int = 120
     # Rank 0 writes model + optimizer state here after every epoch (None = no checkpoints).
@@ -236,6 +249,7 @@ CHOICES = {
     "train.loss": LOSSES,
     "train.schedule": SCHEDULES,
     "train.early_stopping_metric": ("val_loss", "val_accuracy"),
+    "train.target_split": ("validation", "test"),
 }
 OPTIONAL_CHOICES = {"train.normalization": NORMALIZATIONS, "train.initializer": INITIALIZERS}
 
@@ -278,6 +292,9 @@ def _validate_train(train: "TrainConfig") -> None:
                           "train.early_stopping_patience": train.early_stopping_patience}.items():
         if value < 0:
             raise ConfigError(f"{dotted}: must be >= 0, got {value}")
+    if train.target_accuracy is not None and not 0 < train.target_accuracy <= 1:
+        raise ConfigError(f"train.target_accuracy: must be in (0, 1] or null, "
+                          f"got {train.target_accuracy}")
     if not 0 <= train.label_smoothing < 1:
         raise ConfigError(f"train.label_smoothing: must be in [0, 1), got {train.label_smoothing}")
 
@@ -362,6 +379,7 @@ def validate(config: JobConfig) -> JobConfig:
                           "train.num_proc": config.train.num_proc,
                           "train.max_num_proc": config.train.max_num_proc,
                           "train.intra_op_threads": config.train.intra_op_threads,
+                          "train.cores_per_rank": config.train.cores_per_rank,
                           "train.warmup_epochs": config.train.warmup_epochs}.items():
         if value < 0:
             raise ConfigError(f"{dotted}: must be >= 0, got {value}")

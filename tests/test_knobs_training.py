@@ -102,7 +102,7 @@ COVER = [
      "unit", "{}"),
     ("lenet5", "swish", "nadam", "constant", "categorical_crossentropy", "none", "he_uniform",
      "unit", "{}"),
-    ("mnist_cnn", "maxout", "adam", "cosine", "categorical_crossentropy", "none",
+    ("convnet", "maxout", "adam", "cosine", "categorical_crossentropy", "none",
      "glorot_uniform", "unit", "{}"),
 ]
 SMALL = {"alexnet": "{width: 0.25}", "vgg": "{depth: 11, width: 0.25}",

@@ -87,8 +87,9 @@ def prepare_dataset(spark, config: DataConfig) -> dict:
     return manifest
 
 
-def _prepare_arrays(spark, config: DataConfig, staging: Path) -> dict:
-    """IDX / CIFAR-10 / digits: load on the driver, split there, encode and write on Spark."""
+def _array_plan(config: DataConfig):
+    """Load an array source and split it: (source, bad items, total, {split: (indices,
+    images N x H x W x C uint8, labels)}). Shared by prepare and ``split_arrays``."""
     from nnfund_spark.data.sources import bad_labels, load_array_source
 
     source = load_array_source(config)
@@ -109,10 +110,28 @@ def _prepare_arrays(spark, config: DataConfig, staging: Path) -> dict:
 
     converted = {name: convert_batch(images, config.color_mode)
                  for name, (images, _) in source.splits.items()}
-    height, width, channels = converted["train"].shape[1:]
-    schema = image_schema(height, width, channels, config.image_codec)
     plan = {split: (indices, converted[pool][indices], source.splits[pool][1][indices])
             for split, (pool, indices) in members.items()}
+    return source, bad, total, plan
+
+
+def split_arrays(config: DataConfig) -> dict:
+    """The splits `prepare` would write for an array source, in memory instead:
+    {split: (indices, images N x H x W x C uint8, labels int32)}, the shape
+    ``training.pipeline.read_shard`` returns. For baselines that must see exactly the data a
+    prepared dataset holds."""
+    from nnfund_spark.data.schema import as_hwc
+
+    _, _, _, plan = _array_plan(config)
+    return {split: (np.asarray(indices, np.int64), as_hwc(images), labels.astype(np.int32))
+            for split, (indices, images, labels) in plan.items()}
+
+
+def _prepare_arrays(spark, config: DataConfig, staging: Path) -> dict:
+    """IDX / CIFAR-10 / digits: load on the driver, split there, encode and write on Spark."""
+    source, bad, total, plan = _array_plan(config)
+    height, width, channels = plan["train"][1].shape[1:]
+    schema = image_schema(height, width, channels, config.image_codec)
     files = write_array_splits(spark, staging, schema, plan, config.row_group_size_mb)
 
     mean, std = stats_from_histograms(channel_histograms(plan["train"][1]))

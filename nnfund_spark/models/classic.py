@@ -86,6 +86,44 @@ def mnist_cnn(input_shape, num_classes, *, dropout: float = 0.25, dense_dropout:
     return tf.keras.Model(inputs, options.classifier(x, num_classes), name="mnist_cnn")
 
 
+def convnet(input_shape, num_classes, *, filters: Sequence[int] = (32, 64),
+            dense_units: int = 0, dropout: float = 0.0, dense_dropout: float = 0.5, **common):
+    """The small convnet of the Keras MNIST example: per entry of ``filters`` a 3x3 valid conv
+    and a 2x2 max-pool, then flatten → [dense ``dense_units``] → dropout → softmax.
+
+    The defaults are that example exactly (conv 32 → pool → conv 64 → pool → dropout 0.5 →
+    dense 10): 34,826 parameters on 28x28x1. ``dense_units=128`` adds the hidden layer of
+    the time-to-accuracy preset (conf/mnist_fast.yaml): 225,034 parameters, a few per cent
+    more compute, and 99 % MNIST test accuracy in three epochs instead of nine.
+    ``dropout`` acts after each pool, ``dense_dropout`` before the output layer.
+    """
+    import tensorflow as tf
+
+    layers = tf.keras.layers
+    options, inputs, x = start_image_model(input_shape, dropout, dense_dropout, **common)
+    filters = tuple(filters)
+    if not filters or any(isinstance(width, bool) or not isinstance(width, int) or width < 1
+                          for width in filters):
+        raise ValueError(f"filters must be a non-empty list of positive integers, "
+                         f"got {list(filters)!r}")
+    if isinstance(dense_units, bool) or not isinstance(dense_units, int) or dense_units < 0:
+        raise ValueError(f"dense_units must be an integer >= 0 (0 = no hidden dense layer), "
+                         f"got {dense_units!r}")
+    for index, width in enumerate(filters, start=1):
+        if min(x.shape[1:3]) < 4:
+            raise ValueError(f"convnet: {len(filters)} conv/pool stages do not fit "
+                             f"{tuple(input_shape)} images (stage {index} would see "
+                             f"{x.shape[1]}x{x.shape[2]}); use fewer filters entries")
+        x = options.conv(x, width, 3, name=f"conv{index}", padding="valid")
+        x = dropout_layer(layers.MaxPooling2D(2, name=f"pool{index}")(x), dropout,
+                          f"pool{index}_dropout")
+    x = layers.Flatten(name="flatten")(x)
+    if dense_units:
+        x = options.dense(x, dense_units, name="dense")
+    x = dropout_layer(x, dense_dropout, "dropout")
+    return tf.keras.Model(inputs, options.classifier(x, num_classes), name="convnet")
+
+
 # AlexNet's conv widths (96, 256, 384, 384, 256) and 4096-unit dense layers, cut for 28-32 px
 # images the way most CIFAR reproductions do: the first conv is 5x5 stride 1 (not 11x11 stride 4,
 # which would leave a 32 px image 7 px wide after one layer), widths (64, 192, 384, 256, 256) as

@@ -15,7 +15,7 @@ import inspect
 from typing import Callable
 
 from nnfund_spark.models.blocks import COMMON_OPTIONS, LayerOptions
-from nnfund_spark.models.classic import alexnet, lenet5, mlp, mnist_cnn
+from nnfund_spark.models.classic import alexnet, convnet, lenet5, mlp, mnist_cnn
 from nnfund_spark.models.deep import inception, vgg
 from nnfund_spark.models.resnet import resnet
 
@@ -23,6 +23,7 @@ MODELS: dict[str, Callable] = {
     "mlp": mlp,
     "lenet5": lenet5,
     "mnist_cnn": mnist_cnn,
+    "convnet": convnet,
     "alexnet": alexnet,
     "vgg": vgg,
     "inception": inception,

@@ -97,20 +97,33 @@ def git_commit(start: Optional[Path] = None) -> Optional[str]:
     return commit if proc.returncode == 0 and len(commit) == 40 else None
 
 
+def tensorflow_version() -> str:
+    """TensorFlow's version from the installed distribution's metadata: importing TensorFlow
+    on the driver just for a tag would cost seconds before the ranks can start."""
+    from importlib import metadata
+
+    for distribution in ("tensorflow", "tensorflow-cpu", "tensorflow-gpu", "tensorflow-macos"):
+        try:
+            return metadata.version(distribution)
+        except metadata.PackageNotFoundError:
+            continue
+    import tensorflow as tf
+    return tf.__version__
+
+
 def run_tags(spark) -> dict:
     """Provenance tags: what code and which stack produced the run."""
     import platform
 
     import horovod
     import pyspark
-    import tensorflow as tf
 
     from nnfund_spark import __version__
     tags = {
         "nnfund_spark.version": __version__,
         "spark.master": spark.sparkContext.master,
         "spark.version": pyspark.__version__,
-        "tensorflow.version": tf.__version__,
+        "tensorflow.version": tensorflow_version(),
         "horovod.version": horovod.__version__,
         "python.version": platform.python_version(),
     }

@@ -45,10 +45,12 @@ class ShardedEvaluation(tf.keras.callbacks.Callback):
         self.num_classes = num_classes
         self.batch_size = batch_size
         self.prefix = prefix
+        self.last, self.last_epoch = None, None
 
     def on_epoch_end(self, epoch, logs=None):
         result = sharded_evaluate(self.model, self.images, self.labels, self.num_classes,
                                   self.batch_size)
+        self.last, self.last_epoch = result, epoch
         if logs is not None:
             logs[f"{self.prefix}loss"] = result["loss"]
             logs[f"{self.prefix}accuracy"] = result["accuracy"]
@@ -109,11 +111,13 @@ class EarlyStopper:
 class EpochLogger(tf.keras.callbacks.Callback):
     """One line per epoch on rank 0: loss, accuracy, validation, images/s."""
 
-    def __init__(self, images_per_epoch: int, verbose: int = 2):
+    def __init__(self, images_per_epoch: int, verbose: int = 2, job_started: float | None = None):
         # images_per_epoch counts all ranks: every example of the train split once.
+        # job_started: the driver's start time; elapsed_seconds is logged from it.
         super().__init__()
         self.images_per_epoch = images_per_epoch
         self.verbose = verbose
+        self.job_started = job_started
         self.started = 0.0
 
     def on_epoch_begin(self, epoch, logs=None):
@@ -124,13 +128,16 @@ class EpochLogger(tf.keras.callbacks.Callback):
         if logs is not None:
             logs["epoch_seconds"] = seconds
             logs["images_per_second"] = self.images_per_epoch / seconds
+            if self.job_started:
+                logs["elapsed_seconds"] = time.time() - self.job_started
         if self.verbose:
             logs = logs or {}
             print(f"epoch {epoch + 1}: loss {logs.get('loss', float('nan')):.4f} "
                   f"acc {logs.get('accuracy', float('nan')):.4f} "
                   f"val_loss {logs.get('val_loss', float('nan')):.4f} "
                   f"val_acc {logs.get('val_accuracy', float('nan')):.4f} "
-                  f"lr {logs.get('learning_rate', float('nan')):.2e} "
+                  + (f"test_acc {logs['test_accuracy']:.4f} " if "test_accuracy" in logs else "")
+                  + f"lr {logs.get('learning_rate', float('nan')):.2e} "
                   f"{self.images_per_epoch / seconds:.0f} img/s {seconds:.1f}s",
                   file=sys.stderr, flush=True)
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 import time
 from pathlib import Path
 
@@ -14,6 +15,26 @@ from nnfund_spark.tracking.mlflow_utils import (redact, resolve_tracking_uri, ru
                                                 start_job_run)
 
 log = logging.getLogger(__name__)
+
+
+_HOROVOD_CHECK: threading.Thread | None = None
+
+
+def start_horovod_build_check() -> None:
+    """Run Horovod's "was Gloo built?" check now, in the background.
+
+    horovod.spark.run performs it before starting the ranks, in a forked process that imports
+    TensorFlow: ~5 s on the 2-core reference machine during which the barrier tasks sit idle.
+    Started when the job starts, it overlaps the SparkSession start and the MLflow set-up; the
+    result is cached per process, so launching later finds it done (run_training joins it).
+    """
+    global _HOROVOD_CHECK
+    if _HOROVOD_CHECK is None:
+        from horovod.common.util import gloo_built
+        # verbose=False: the cache key horovod.runner.launch.run_controller uses at verbose < 2.
+        _HOROVOD_CHECK = threading.Thread(target=gloo_built, kwargs={"verbose": False},
+                                          name="horovod-build-check", daemon=True)
+        _HOROVOD_CHECK.start()
 
 
 class ClusterTooSmallError(RuntimeError):
@@ -143,7 +164,9 @@ def worker_settings(config: JobConfig, manifest: dict, dataset_dir: Path) -> dic
         "dropout": train.dropout, "dense_dropout": train.dense_dropout,
         "seed": train.seed, "intra_op_threads": train.intra_op_threads,
         "verbose": train.verbose, "mixed_precision": train.mixed_precision, "xla": train.xla,
-        "fp16_allreduce": train.fp16_allreduce,
+        "fp16_allreduce": train.fp16_allreduce, "cpu_binding": train.cpu_binding,
+        "cores_per_rank": train.cores_per_rank,
+        "target_accuracy": train.target_accuracy, "target_split": train.target_split,
     }
 
 
@@ -201,6 +224,8 @@ def run_training(spark, config: JobConfig, extra_settings: dict | None = None,
 
     from nnfund_spark.tracking.run_logging import log_training_artifacts
 
+    job_started = time.time()
+    start_horovod_build_check()
     dataset_dir = local_path(config.data.output_dir)
     manifest = read_manifest(dataset_dir)
     if not manifest["splits"]["train"]["count"]:
@@ -226,12 +251,13 @@ def run_training(spark, config: JobConfig, extra_settings: dict | None = None,
 
         settings = worker_settings(config, manifest, dataset_dir)
         settings.update({"tracking_uri": tracking_uri, "mlflow_run_id": run.info.run_id,
-                         "resume_from": resume})
+                         "resume_from": resume, "job_started": job_started})
         if config.train.checkpoint_dir:
             settings["checkpoint_dir"] = str(local_path(config.train.checkpoint_dir))
         settings.update(extra_settings or {})
         from nnfund_spark.training.worker import train_worker
 
+        _HOROVOD_CHECK.join()
         started = time.time()
         # Horovod: one barrier task per rank; Gloo rendezvous through the driver.
         try:
@@ -247,6 +273,11 @@ def run_training(spark, config: JobConfig, extra_settings: dict | None = None,
         if rank0["test_count"]:
             mlflow.log_metrics({"test_loss": rank0["test_loss"],
                                 "test_accuracy": rank0["test_accuracy"]})
+        if rank0["target_epoch"] is not None:
+            # Seconds from the start of run_training to the end of the epoch (and its
+            # evaluation) that reached train.target_accuracy.
+            mlflow.log_metrics({"target_epoch": rank0["target_epoch"],
+                                "time_to_target_seconds": rank0["time_to_target_seconds"]})
         mlflow.set_tags({"device": rank0["device"],
                          "weights_identical_across_ranks":
                              str(len({r["weights_sha256"] for r in results}) == 1)})
@@ -270,6 +301,8 @@ def run_training(spark, config: JobConfig, extra_settings: dict | None = None,
         result.pop("weights", None)
     return {"run_id": run.info.run_id, "tracking_uri": tracking_uri, "model_uri": model_uri,
             "test_accuracy": rank0["test_accuracy"], "test_loss": rank0["test_loss"],
+            "job_started": job_started, "target_epoch": rank0["target_epoch"],
+            "time_to_target_seconds": rank0["time_to_target_seconds"],
             "test_count": rank0["test_count"], "history": rank0["history"],
             "parameters": model.count_params(), "wall_seconds": wall, "ranks": results}
 

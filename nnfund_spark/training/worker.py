@@ -45,6 +45,39 @@ def configure_devices(tf, local_rank: int, settings: dict) -> dict:
             "gpu_source": source}
 
 
+def bind_cpus(local_rank: int, local_size: int, cores: list[int], per_rank: int = 0) -> list[int]:
+    """This rank's share of ``cores`` (the CPUs the process may use): local rank k gets the
+    k-th contiguous slice of ``per_rank`` cores (0: of len(cores) // local_size cores); with
+    more ranks than cores and no per_rank, ranks share cores round-robin rather than failing."""
+    cores = sorted(cores)
+    if local_size < 1 or not 0 <= local_rank < local_size:
+        raise ValueError(f"local rank {local_rank} is not within local size {local_size}")
+    if per_rank:
+        if per_rank * local_size > len(cores):
+            raise ValueError(f"train.cores_per_rank={per_rank} for {local_size} rank(s) on this "
+                             f"host needs {per_rank * local_size} cores but the process may use "
+                             f"{len(cores)} ({cores}); lower train.cores_per_rank or use 0")
+        return cores[local_rank * per_rank:(local_rank + 1) * per_rank]
+    share = len(cores) // local_size
+    if share == 0:
+        return [cores[local_rank % len(cores)]]
+    return cores[local_rank * share:(local_rank + 1) * share]
+
+
+def apply_cpu_binding(per_rank: int = 0) -> list[int]:
+    """Bind every thread of this process to its rank's cores (before TensorFlow starts its
+    thread pools, so they inherit it). Horovod's launcher exports HOROVOD_LOCAL_RANK/SIZE."""
+    local_rank = int(os.environ.get("HOROVOD_LOCAL_RANK", "0"))
+    local_size = int(os.environ.get("HOROVOD_LOCAL_SIZE", "1"))
+    mine = bind_cpus(local_rank, local_size, list(os.sched_getaffinity(0)), per_rank)
+    for thread in os.listdir("/proc/self/task"):
+        try:
+            os.sched_setaffinity(int(thread), mine)
+        except ProcessLookupError:  # the thread ended meanwhile
+            continue
+    return mine
+
+
 def train_worker(settings: dict) -> dict:
     """Entry point of every rank. A rank's exception is recorded on the job's MLflow run
     (tag error.rank<N>) before it propagates, so the driver can report the worker's own error
@@ -84,10 +117,14 @@ def _train(settings: dict) -> dict:
     from nnfund_spark.training.schedules import scaled_base_lr, schedule_function
     from nnfund_spark.training.pipeline import epoch_dataset, read_shard, steps_per_epoch
 
+    cores = (apply_cpu_binding(settings.get("cores_per_rank", 0))
+             if settings.get("cpu_binding") else None)
     hvd.init()
     rank, size = hvd.rank(), hvd.size()
     devices = configure_devices(tf, hvd.local_rank(), settings)
-    threads = settings["intra_op_threads"] or max(1, (os.cpu_count() or 1) // hvd.local_size())
+    devices["cpu_cores"] = cores
+    threads = settings["intra_op_threads"] or (
+        len(cores) if cores else max(1, (os.cpu_count() or 1) // hvd.local_size()))
     tf.config.threading.set_intra_op_parallelism_threads(threads)
     # inter-op = intra-op: a rank then uses exactly `threads` cores and ranks do not contend.
     tf.config.threading.set_inter_op_parallelism_threads(threads)
@@ -146,19 +183,34 @@ def _train(settings: dict) -> dict:
     if "validation" in settings["split_urls"]:
         callbacks.append(ShardedEvaluation(shards["validation"][1:], num_classes, batch_size=512,
                                            prefix="val_"))
+    target = settings.get("target_accuracy")
+    target_split = settings.get("target_split", "validation")
+    target_key = {"validation": "val_accuracy", "test": "test_accuracy"}[target_split]
+    if target is not None and target_split not in settings["split_urls"]:
+        raise ValueError(f"train.target_accuracy with train.target_split={target_split} needs a "
+                         f"non-empty {target_split} split in the prepared dataset")
+    test_evaluation = None
+    if target is not None and target_split == "test":
+        # Time-to-accuracy protocol: the test split is evaluated after every epoch.
+        test_evaluation = ShardedEvaluation(shards["test"][1:], num_classes, batch_size=512,
+                                            prefix="test_")
+        callbacks.append(test_evaluation)
     if settings.get("fault_injection"):
         callbacks.append(FaultInjection(rank, **settings["fault_injection"]))
     tensorboard_dir = None
     if rank == 0:
         if settings["log_dead_relu"] and relu_layers(model) and shards["validation"][1] is not None:
             callbacks.append(DeadReluMonitor(shards["validation"][1][:256]))
-        callbacks.append(EpochLogger(sum(shard_sizes), settings["verbose"]))
+        callbacks.append(EpochLogger(sum(shard_sizes), settings["verbose"],
+                                     settings.get("job_started")))
         if settings.get("mlflow_run_id"):
             tensorboard_dir = tempfile.mkdtemp(prefix="nnfund-tensorboard-")
             callbacks.append(tf.keras.callbacks.TensorBoard(tensorboard_dir, profile_batch=0))
             callbacks.append(MlflowEpochLogger(settings["tracking_uri"], settings["mlflow_run_id"]))
 
     seen = []
+    target_epoch = time_to_target = None
+    epoch = first_epoch - 1
     stopper = EarlyStopper(settings["early_stopping_metric"], settings["early_stopping_patience"])
     for epoch in range(first_epoch, settings["epochs"]):
         dataset = epoch_dataset(train_images, train_labels, steps, settings["seed"], epoch, rank)
@@ -177,12 +229,20 @@ def _train(settings: dict) -> dict:
         if rank == 0 and settings.get("checkpoint_dir"):
             checkpoint.save(settings["checkpoint_dir"], epoch + 1, model, history,
                             settings.get("mlflow_run_id"))
-        # Validation metrics are allreduced, so every rank takes the same decision.
+        # Validation and test metrics are allreduced, so every rank takes the same decision.
+        if target is not None and history.get(target_key, [0.0])[-1] >= target:
+            target_epoch = epoch + 1
+            if settings.get("job_started"):
+                time_to_target = time.time() - settings["job_started"]
+            break
         if stopper.should_stop(history):
             break
-    test = (sharded_evaluate(model, *shards["test"][1:], num_classes, batch_size=512)
-            if "test" in settings["split_urls"] else
-            {"loss": None, "accuracy": None, "count": 0, "confusion": None})
+    if test_evaluation is not None and test_evaluation.last_epoch == epoch:
+        test = test_evaluation.last  # the final weights were just evaluated on the test split
+    elif "test" in settings["split_urls"]:
+        test = sharded_evaluate(model, *shards["test"][1:], num_classes, batch_size=512)
+    else:
+        test = {"loss": None, "accuracy": None, "count": 0, "confusion": None}
     if tensorboard_dir:
         from mlflow.tracking import MlflowClient
         MlflowClient(settings["tracking_uri"]).log_artifacts(
@@ -195,6 +255,8 @@ def _train(settings: dict) -> dict:
         "train_shard_size": int(len(train_index)),
         "steps_per_epoch": int(steps),
         "first_epoch": first_epoch,
+        "target_epoch": target_epoch,
+        "time_to_target_seconds": time_to_target,
         "read_seconds": round(read_seconds, 3),
         "train_seconds": round(time.time() - started - read_seconds, 3),
         **devices,

@@ -1,0 +1,477 @@
+"""The benchmark suite behind ``nnfund-spark benchmark`` (and ``jobs/benchmark.py``).
+
+Everything runs side by side in one invocation on this machine, each contender in its own
+process launched by the suite, so every time is taken the same way: from the moment the suite
+starts the process.
+
+1. **Time to accuracy**: our whole job (``nnfund-spark train -c mnist_fast``: Spark start,
+   Horovod launch, Petastorm read, training, sharded test evaluation after every epoch, stop at
+   the target) against the plain single-process keras-io ``mnist_convnet`` recipe on the same
+   images (``plain_keras time-to-accuracy``). Model and figure logging are off for our job
+   (the baseline logs nothing); its per-epoch MLflow metrics stay on.
+2. **Input pipeline**: images/s of one rank fed from Petastorm ÷ the same model fitted from
+   in-memory arrays by plain Keras, both on one core with one thread. A rank reads its shard
+   once and trains from memory, so the steady state should match; the one-off read is
+   reported too, amortized over the run's epochs.
+3. **Scaling**: images/s with 2 ranks ÷ 1 rank, one core and one thread per rank
+   (``train.cpu_binding``). Unbound runs are shown as well: an unbound "1-thread" process
+   spreads its Python, tf.data and Horovod threads onto the idle second core, so it is not
+   one core's worth of work.
+4. **Launcher overhead**: the 1-rank steady-state epoch ÷ the plain Keras epoch, and the fixed
+   start-up seconds of each (launch → end of epoch 1, minus one steady epoch).
+5. **Data preparation**: ``prepare`` on MNIST ÷ the single-process pyarrow writer
+   (``prepare_baseline``), median of alternating runs.
+6. **Fashion-MNIST**: prepare + train with the shipped ``fashion_mnist`` recipe, its test
+   accuracy and time.
+
+``--quick`` runs the same steps on a few thousand images with a lower accuracy target: a smoke
+run (under 5 minutes on the 2-core reference machine) whose figures say nothing about the
+targets, which the table then marks "n/a".
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import platform
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Optional
+
+log = logging.getLogger(__name__)
+
+# The targets of the reference machine (2 cores, no GPU): (comparison, bound).
+TARGETS = {
+    "time_to_accuracy": ("<=", 0.8),
+    "input_pipeline": (">=", 0.95),
+    "scaling": (">=", 1.8),
+    "launcher_overhead": ("<=", 1.10),
+    "prepare": ("<=", 3.0),
+    "fashion_mnist": (">=", 0.93),
+}
+
+
+# The datasets the suite prepares in its work dir (and may remove afterwards).
+DATASET_DIRS = ("mnist", "mnist-throughput", "fashion_mnist")
+
+
+def remove_datasets(work_dir: Path) -> None:
+    """Delete the suite's own prepared datasets from work_dir; nothing else there."""
+    for name in DATASET_DIRS:
+        if (work_dir / name).is_dir():
+            shutil.rmtree(work_dir / name)
+
+
+class BenchmarkError(RuntimeError):
+    """A step of the benchmark failed; the message names the step and its log file."""
+
+
+@dataclass
+class BenchmarkPlan:
+    """What one invocation runs. ``for_mode`` gives the full and the quick plan."""
+    quick: bool = False
+    # Raw IDX directories (the suite prepares its own datasets from them in work_dir).
+    mnist_raw: str = "data/raw/mnist"
+    fashion_raw: str = "data/raw/fashion_mnist"
+    # Images per official split for the time-to-accuracy and prepare steps (0 = all).
+    mnist_limit: int = 0
+    target_accuracy: float = 0.99
+    baseline_max_epochs: int = 15
+    # Throughput steps: train images (validation split 0) and epochs (the last is timed).
+    throughput_limit: int = 30000
+    throughput_epochs: int = 3
+    throughput_batch_size: int = 64
+    prepare_runs: int = 3
+    fashion_limit: int = 0
+    fashion_overrides: list = field(default_factory=list)
+    master: str = "local[2]"
+
+    @classmethod
+    def for_mode(cls, quick: bool, **changes) -> "BenchmarkPlan":
+        if quick:
+            base = cls(quick=True, mnist_limit=6000, target_accuracy=0.95, baseline_max_epochs=6,
+                       throughput_limit=4000, throughput_epochs=2, prepare_runs=1,
+                       fashion_limit=4000, fashion_overrides=["train.epochs=1"])
+        else:
+            base = cls()
+        for key, value in changes.items():
+            setattr(base, key, value)
+        return base
+
+
+class Runner:
+    """Launches the contenders as processes, each with its own log file in work_dir/logs."""
+
+    def __init__(self, work_dir: Path, tracking_uri: str, experiment: str):
+        self.work_dir = work_dir
+        self.logs = work_dir / "logs"
+        self.logs.mkdir(parents=True, exist_ok=True)
+        self.tracking_uri = tracking_uri
+        self.experiment = experiment
+        self.env = dict(os.environ)
+        self.env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+        self.env["PYSPARK_PYTHON"] = self.env.get("PYSPARK_PYTHON", sys.executable)
+        # Our jobs get their tracking URI on the command line, nothing inherited.
+        self.env.pop("MLFLOW_TRACKING_URI", None)
+
+    def spawn(self, name: str, args: list[str]) -> tuple[float, float]:
+        """Run ``python args...``; returns (launch time, wall seconds). A failure raises
+        BenchmarkError with the tail of the process's log."""
+        log_path = self.logs / f"{name}.log"
+        log.info("benchmark: %s", name)
+        launched = time.time()
+        with open(log_path, "w") as output:
+            process = subprocess.run([sys.executable, *args], stdout=output,
+                                     stderr=subprocess.STDOUT, env=self.env, cwd=self.work_dir)
+        wall = time.time() - launched
+        if process.returncode != 0:
+            tail = log_path.read_text(errors="replace").strip().splitlines()[-15:]
+            raise BenchmarkError(f"benchmark step '{name}' exited with {process.returncode}; "
+                                 f"log {log_path}:\n" + "\n".join(tail))
+        return launched, wall
+
+    def plain_keras(self, name: str, mode: str, options: list[str]) -> dict:
+        out = self.work_dir / f"{name}.json"
+        launched, wall = self.spawn(name, ["-m", "nnfund_spark.benchmark.plain_keras", mode,
+                                           "--json", str(out), *options])
+        return {**json.loads(out.read_text()), "launched": launched, "wall_seconds": wall}
+
+    def train(self, name: str, config: str, overrides: list[str], master: str) -> dict:
+        out = self.work_dir / f"{name}.json"
+        overrides = [*overrides, f"tracking.tracking_uri={self.tracking_uri}",
+                     f"tracking.experiment={self.experiment}", f"tracking.run_name={name}",
+                     "tracking.log_model=false", "tracking.log_artifacts=false",
+                     "train.verbose=2"]
+        args = ["-m", "nnfund_spark.cli", "train", "-c", config, "--master", master,
+                "--summary-json", str(out)]
+        for override in overrides:
+            args += ["--set", override]
+        launched, wall = self.spawn(name, args)
+        return {**json.loads(out.read_text()), "launched": launched, "wall_seconds": wall}
+
+
+def _steady(epoch_seconds: list[float]) -> float:
+    """The steady-state epoch: the last one (the first pays for tracing and warm-up)."""
+    if len(epoch_seconds) < 2:
+        raise BenchmarkError(f"a throughput run needs >= 2 epochs to time a steady one, got "
+                             f"{len(epoch_seconds)}")
+    return epoch_seconds[-1]
+
+
+def _job_epoch_walls(summary: dict) -> list[float]:
+    """Wall seconds of each epoch of a training job, from rank 0's elapsed clock: everything
+    between two epoch ends counts (fit set-up, evaluation, logging), not just the fit loop."""
+    elapsed = summary["history"]["elapsed_seconds"]
+    return [b - a for a, b in zip(elapsed, elapsed[1:])]
+
+
+def _check(name: str, value: Optional[float], quick: bool) -> str:
+    if quick:
+        return "n/a (quick)"
+    if value is None:
+        return "no"
+    comparison, bound = TARGETS[name]
+    return "yes" if (value <= bound if comparison == "<=" else value >= bound) else "no"
+
+
+def _time_to_accuracy(runner: Runner, plan: BenchmarkPlan, mnist_dir: Path) -> dict:
+    baseline = runner.plain_keras("baseline_time_to_accuracy", "time-to-accuracy", [
+        "--raw-dir", plan.mnist_raw, "--limit", str(plan.mnist_limit),
+        "--target", str(plan.target_accuracy), "--max-epochs", str(plan.baseline_max_epochs)])
+    ours = runner.train("ours_time_to_accuracy", "mnist_fast", [
+        f"data.output_dir={mnist_dir}", f"train.target_accuracy={plan.target_accuracy}",
+        "train.target_split=test"], plan.master)
+    base_seconds = (baseline["target_reached_at"] - baseline["launched"]
+                    if baseline["target_reached_at"] else None)
+    our_seconds = (ours["job_started"] + ours["time_to_target_seconds"] - ours["launched"]
+                   if ours["time_to_target_seconds"] is not None else None)
+    ratio = our_seconds / base_seconds if base_seconds and our_seconds else None
+    return {
+        "target_accuracy": plan.target_accuracy,
+        "ours": {"seconds": our_seconds, "epochs": ours["target_epoch"],
+                 "test_accuracy": ours["test_accuracy"], "wall_seconds": ours["wall_seconds"],
+                 "test_accuracy_per_epoch": ours["history"].get("test_accuracy"),
+                 "recipe": "conf/mnist_fast.yaml", "run_id": ours["run_id"]},
+        "baseline": {"seconds": base_seconds, "epochs": baseline["target_epoch"],
+                     "test_accuracy": baseline["final_test_accuracy"],
+                     "wall_seconds": baseline["wall_seconds"],
+                     "test_accuracy_per_epoch": [e["test_accuracy"] for e in baseline["epochs"]],
+                     "recipe": baseline["recipe"],
+                     "train_seconds_per_epoch": [e["train_seconds"] for e in baseline["epochs"]]},
+        "ratio": ratio,
+    }
+
+
+def _throughput(runner: Runner, plan: BenchmarkPlan, dataset: Path) -> dict:
+    epochs, batch = plan.throughput_epochs, plan.throughput_batch_size
+    model_options = {"dense_units": 128}  # the mnist_fast model
+    plain_args = ["--raw-dir", plan.mnist_raw, "--limit", str(plan.throughput_limit),
+                  "--validation-fraction", "0", "--model", "convnet",
+                  "--model-options", json.dumps(model_options), "--batch-size", str(batch),
+                  "--epochs", str(epochs), "--threads", "1"]
+    job = [f"data.output_dir={dataset}", f"train.epochs={epochs}", f"train.batch_size={batch}",
+           "train.intra_op_threads=1", "train.log_dead_relu=false"]
+    first_core = str(min(os.sched_getaffinity(0)))
+    runs = {
+        "plain_1_core": runner.plain_keras("plain_keras_1_core", "throughput",
+                                           [*plain_args, "--cores", first_core]),
+        "ours_1_rank_1_core": runner.train("launcher_1_rank_1_core", "mnist_fast", [
+            *job, "train.num_proc=1", "train.cpu_binding=true", "train.cores_per_rank=1"],
+            plan.master),
+        "ours_2_ranks_1_core_each": runner.train("launcher_2_ranks_1_core_each", "mnist_fast", [
+            *job, "train.num_proc=2", "train.cpu_binding=true", "train.cores_per_rank=1"],
+            plan.master),
+        "plain_1_thread_unbound": runner.plain_keras("plain_keras_1_thread_unbound",
+                                                     "throughput", plain_args),
+        "ours_1_rank_unbound": runner.train("launcher_1_rank_unbound", "mnist_fast", [
+            *job, "train.num_proc=1", "train.cpu_binding=false"], plan.master),
+    }
+    figures = {}
+    for name, run in runs.items():
+        if name.startswith("plain"):
+            walls = run["epoch_seconds"]
+            images = run["train_images"]
+            first_epoch_end = run["epoch_ended_at"][0]
+            read = 0.0
+        else:
+            walls = _job_epoch_walls(run)
+            images = sum(r["train_shard_size"] for r in run["ranks"])
+            first_epoch_end = run["job_started"] + run["history"]["elapsed_seconds"][0]
+            read = max(r["read_seconds"] for r in run["ranks"])
+        steady = _steady(walls)
+        figures[name] = {
+            "images": images, "epochs": epochs, "steady_epoch_seconds": steady,
+            "images_per_second": images / steady,
+            # Launch → end of epoch 1, minus one steady epoch: start-up plus first-epoch tracing.
+            "startup_seconds": first_epoch_end - run["launched"] - steady,
+            "read_seconds": read, "wall_seconds": run["wall_seconds"],
+            "amortized_images_per_second": images * epochs / (steady * epochs + read),
+        }
+    plain, one, two = (figures["plain_1_core"], figures["ours_1_rank_1_core"],
+                       figures["ours_2_ranks_1_core_each"])
+    return {
+        "runs": figures,
+        "input_pipeline": {"ratio": one["images_per_second"] / plain["images_per_second"],
+                           "ratio_with_read": one["amortized_images_per_second"]
+                           / plain["images_per_second"]},
+        "scaling": {"ratio": two["images_per_second"] / one["images_per_second"],
+                    "ratio_unbound": two["images_per_second"]
+                    / figures["ours_1_rank_unbound"]["images_per_second"]},
+        "launcher_overhead": {"ratio": one["steady_epoch_seconds"] / plain["steady_epoch_seconds"],
+                              "startup_seconds": one["startup_seconds"],
+                              "baseline_startup_seconds": plain["startup_seconds"]},
+    }
+
+
+def _prepare(spark, plan: BenchmarkPlan, work_dir: Path) -> dict:
+    from nnfund_spark.benchmark.prepare_baseline import pyarrow_prepare
+    from nnfund_spark.config import DataConfig
+    from nnfund_spark.data.prepare import prepare_dataset
+
+    times = {"spark": [], "pyarrow": []}
+    images = 0
+    for number in range(plan.prepare_runs):
+        out = work_dir / f"prepare-pyarrow-{number}"
+        if out.exists():
+            shutil.rmtree(out)
+        started = time.perf_counter()
+        images = pyarrow_prepare(Path(plan.mnist_raw), out, limit=plan.mnist_limit)
+        times["pyarrow"].append(time.perf_counter() - started)
+        shutil.rmtree(out)
+        # The last Spark run's output is the time-to-accuracy dataset.
+        out = work_dir / ("mnist" if number == plan.prepare_runs - 1 else f"prepare-spark-{number}")
+        started = time.perf_counter()
+        manifest = prepare_dataset(spark, DataConfig(raw_dir=plan.mnist_raw, output_dir=str(out),
+                                                     limit=plan.mnist_limit, overwrite=True))
+        times["spark"].append(time.perf_counter() - started)
+        written = sum(info["count"] for info in manifest["splits"].values())
+        if written != images:
+            raise BenchmarkError(f"prepare wrote {written} images, the pyarrow baseline {images}")
+        if out.name != "mnist":
+            shutil.rmtree(out)
+    spark_seconds, pyarrow_seconds = statistics.median(times["spark"]), \
+        statistics.median(times["pyarrow"])
+    return {"images": images, "runs": plan.prepare_runs, "spark_seconds": spark_seconds,
+            "pyarrow_seconds": pyarrow_seconds, "ratio": spark_seconds / pyarrow_seconds,
+            "all_seconds": times}
+
+
+def run_benchmark(plan: BenchmarkPlan, work_dir: Path, output_dir: Path, tracking_uri: str,
+                  experiment: str = "nnfund_benchmark", log_summary: bool = True) -> dict:
+    """Run every step of ``plan``; write benchmark.json and benchmark.md to output_dir and
+    return the results. Datasets, logs and per-step JSON stay in work_dir."""
+    from nnfund_spark.config import DataConfig, SparkConfig
+    from nnfund_spark.data.prepare import prepare_dataset
+    from nnfund_spark.spark import build_session
+
+    for raw in (plan.mnist_raw, plan.fashion_raw):
+        if not Path(raw).is_dir():
+            raise BenchmarkError(f"raw data directory {raw} not found; fetch it with "
+                                 f"`make data` (scripts/get_data.sh mnist|fashion_mnist)")
+    plan.mnist_raw, plan.fashion_raw = (str(Path(plan.mnist_raw).resolve()),
+                                        str(Path(plan.fashion_raw).resolve()))
+    work_dir.mkdir(parents=True, exist_ok=True)
+    started = time.time()
+    load_before = os.getloadavg()[0]
+    results: dict = {"plan": asdict(plan), "machine": _machine()}
+
+    spark = build_session(SparkConfig(app_name="nnfund_benchmark"), plan.master)
+    try:
+        results["prepare"] = _prepare(spark, plan, work_dir)
+        throughput_dir = work_dir / "mnist-throughput"
+        prepare_dataset(spark, DataConfig(raw_dir=plan.mnist_raw, output_dir=str(throughput_dir),
+                                          limit=plan.throughput_limit, validation_fraction=0.0,
+                                          overwrite=True))
+        fashion_dir = work_dir / "fashion_mnist"
+        fashion_started = time.perf_counter()
+        prepare_dataset(spark, DataConfig(source="fashion_mnist", raw_dir=plan.fashion_raw,
+                                          output_dir=str(fashion_dir), limit=plan.fashion_limit,
+                                          overwrite=True))
+        fashion_prepare_seconds = time.perf_counter() - fashion_started
+    finally:
+        spark.stop()  # the contenders below get the machine to themselves
+
+    runner = Runner(work_dir, tracking_uri, experiment)
+    results["time_to_accuracy"] = _time_to_accuracy(runner, plan, work_dir / "mnist")
+    results.update(_throughput(runner, plan, throughput_dir))
+    fashion = runner.train("fashion_mnist_default_recipe", "fashion_mnist",
+                           [f"data.output_dir={fashion_dir}", *plan.fashion_overrides],
+                           plan.master)
+    results["fashion_mnist"] = {
+        "test_accuracy": fashion["test_accuracy"], "epochs": len(fashion["history"]["loss"]),
+        "train_seconds": fashion["wall_seconds"], "prepare_seconds": fashion_prepare_seconds,
+        "recipe": "conf/fashion_mnist.yaml", "run_id": fashion["run_id"]}
+    results["machine"]["load_average_before"] = load_before
+    results["machine"]["load_average_after"] = os.getloadavg()[0]
+    results["seconds"] = time.time() - started
+    results["checks"] = {name: _check(name, _headline(results, name), plan.quick)
+                         for name in TARGETS}
+
+    output_dir.mkdir(parents=True, exist_ok=True)
+    markdown = to_markdown(results)
+    _write(output_dir / "benchmark.json", json.dumps(results, indent=2, default=str))
+    _write(output_dir / "benchmark.md", markdown)
+    if log_summary:
+        _log_to_mlflow(results, output_dir, tracking_uri, experiment)
+    return results
+
+
+def _headline(results: dict, name: str) -> Optional[float]:
+    if name == "fashion_mnist":
+        return results["fashion_mnist"]["test_accuracy"]
+    return results[name]["ratio"]
+
+
+def _machine() -> dict:
+    from nnfund_spark.tracking.mlflow_utils import git_commit, tensorflow_version
+
+    return {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+            "cores": len(os.sched_getaffinity(0)), "platform": platform.platform(),
+            "python": platform.python_version(), "tensorflow": tensorflow_version(),
+            "git_commit": git_commit(), "command": " ".join(sys.argv)}
+
+
+def _fmt(value, digits: int = 2, suffix: str = "") -> str:
+    if value is None:
+        return "not reached"
+    return f"{value:,.{digits}f}{suffix}"
+
+
+def to_markdown(results: dict) -> str:
+    """The results table: one row per measurement, ours vs the baseline, ratio and target."""
+    checks = results["checks"]
+    tta, runs = results["time_to_accuracy"], results["runs"]
+    prep, fashion = results["prepare"], results["fashion_mnist"]
+    target = f"{tta['target_accuracy']:.1%}"
+
+    def bound(name):
+        comparison, value = TARGETS[name]
+        return f"{'≤' if comparison == '<=' else '≥'} {value:g}"
+
+    rows = [
+        ("1", f"Time to {target} MNIST test accuracy, whole job (s)",
+         f"{_fmt(tta['ours']['seconds'], 1)} ({tta['ours']['epochs'] or '-'} epochs)",
+         f"{_fmt(tta['baseline']['seconds'], 1)} ({tta['baseline']['epochs'] or '-'} epochs)",
+         _fmt(tta["ratio"], 2, "×"), f"{bound('time_to_accuracy')}×",
+         checks["time_to_accuracy"]),
+        ("2", "Input: Petastorm-fed rank ÷ in-memory arrays (img/s, 1 core)",
+         _fmt(runs["ours_1_rank_1_core"]["images_per_second"], 0),
+         _fmt(runs["plain_1_core"]["images_per_second"], 0),
+         f"{_fmt(results['input_pipeline']['ratio'], 2, '×')} "
+         f"({_fmt(results['input_pipeline']['ratio_with_read'], 2, '×')} with the shard read)",
+         f"{bound('input_pipeline')}×", checks["input_pipeline"]),
+        ("3", "Scaling: 2 ranks ÷ 1 rank, 1 core + 1 thread each (img/s)",
+         _fmt(runs["ours_2_ranks_1_core_each"]["images_per_second"], 0),
+         _fmt(runs["ours_1_rank_1_core"]["images_per_second"], 0),
+         _fmt(results["scaling"]["ratio"], 2, "×"), f"{bound('scaling')}×", checks["scaling"]),
+        ("4", "Launcher overhead: 1-rank epoch ÷ plain Keras epoch (s)",
+         _fmt(runs["ours_1_rank_1_core"]["steady_epoch_seconds"], 2),
+         _fmt(runs["plain_1_core"]["steady_epoch_seconds"], 2),
+         _fmt(results["launcher_overhead"]["ratio"], 2, "×"), f"{bound('launcher_overhead')}×",
+         checks["launcher_overhead"]),
+        ("4b", "Fixed start-up: launch → end of epoch 1, minus one epoch (s)",
+         _fmt(results["launcher_overhead"]["startup_seconds"], 1),
+         _fmt(results["launcher_overhead"]["baseline_startup_seconds"], 1), "", "", ""),
+        ("5", f"Prepare MNIST, {prep['images']:,} images (s, median of {prep['runs']})",
+         _fmt(prep["spark_seconds"], 2), _fmt(prep["pyarrow_seconds"], 2),
+         _fmt(prep["ratio"], 2, "×"), f"{bound('prepare')}×", checks["prepare"]),
+        ("6", f"Fashion-MNIST test accuracy, shipped recipe ({fashion['epochs']} epochs, "
+              f"{_fmt(fashion['train_seconds'], 0)} s)",
+         _fmt(fashion["test_accuracy"], 4), "", "", bound("fashion_mnist"),
+         checks["fashion_mnist"]),
+        ("i", "Unbound for comparison: 1-thread process, no core binding (img/s)",
+         _fmt(runs["ours_1_rank_unbound"]["images_per_second"], 0),
+         _fmt(runs["plain_1_thread_unbound"]["images_per_second"], 0),
+         f"2 ranks ÷ this: {_fmt(results['scaling']['ratio_unbound'], 2, '×')}", "", ""),
+    ]
+    machine = results["machine"]
+    lines = [f"Measured {machine['date']} on {machine['cores']} cores "
+             f"({'quick' if results['plan']['quick'] else 'full'} run, "
+             f"{results['seconds']:.0f} s; load average {machine['load_average_before']:.2f} → "
+             f"{machine['load_average_after']:.2f})", "",
+             "| # | measurement | ours | baseline | ratio | target | met |",
+             "|---|---|---|---|---|---|---|"]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    return "\n".join(lines) + "\n"
+
+
+def _write(path: Path, text: str) -> None:
+    partial = path.with_name(path.name + ".partial")
+    partial.write_text(text)
+    partial.replace(path)
+
+
+def _numbers(prefix: str, value, out: dict) -> dict:
+    if isinstance(value, dict):
+        for key, inner in value.items():
+            _numbers(f"{prefix}.{key}" if prefix else key, inner, out)
+    elif isinstance(value, (int, float)) and not isinstance(value, bool):
+        out[prefix] = float(value)
+    return out
+
+
+def _log_to_mlflow(results: dict, output_dir: Path, tracking_uri: str, experiment: str) -> None:
+    import mlflow
+
+    from nnfund_spark.tracking.mlflow_utils import ensure_experiment
+
+    experiment_id = ensure_experiment(experiment, tracking_uri)
+    with mlflow.start_run(experiment_id=experiment_id,
+                          run_name="benchmark-quick" if results["plan"]["quick"] else "benchmark"):
+        mlflow.log_params({f"plan.{k}": v for k, v in results["plan"].items()
+                           if not isinstance(v, list)})
+        mlflow.set_tags({f"machine.{k}": v for k, v in results["machine"].items()
+                         if v is not None and not isinstance(v, float)})
+        mlflow.set_tags({f"target_met.{k}": v for k, v in results["checks"].items()})
+        metrics = {key: value for key, value in _numbers("", {
+            k: results[k] for k in ("time_to_accuracy", "input_pipeline", "scaling",
+                                    "launcher_overhead", "prepare", "fashion_mnist")}, {}).items()
+            if "per_epoch" not in key}
+        mlflow.log_metrics({key.replace(" ", "_"): value for key, value in metrics.items()})
+        mlflow.log_artifact(str(output_dir / "benchmark.json"))
+        mlflow.log_artifact(str(output_dir / "benchmark.md"))
