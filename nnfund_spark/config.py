@@ -75,6 +75,10 @@ class DataConfig:
     # Parquet row-group target. Small enough that a 2-rank job gets several row groups per
     # shard; large enough that reads are not dominated by per-group overhead.
     row_group_size_mb: int = 4
+    # At least this many row groups per split (fewer only if the split has fewer images).
+    # Horovod ranks get whole row groups, so a split serves at most this many ranks when its
+    # size does not already call for more groups: raise it to train on more ranks.
+    min_row_groups: int = 16
     # Replace an existing dataset at output_dir; off so a typo cannot destroy prepared data.
     overwrite: bool = False
     # Use only the first N images of each official split (0 = all); sources without official
@@ -361,7 +365,8 @@ def validate(config: JobConfig) -> JobConfig:
     positive = {"train.epochs": config.train.epochs,
                 "train.batch_size": config.train.batch_size,
                 "train.learning_rate": config.train.learning_rate,
-                "data.row_group_size_mb": config.data.row_group_size_mb}
+                "data.row_group_size_mb": config.data.row_group_size_mb,
+                "data.min_row_groups": config.data.min_row_groups}
     for dotted, value in positive.items():
         if value <= 0:
             raise ConfigError(f"{dotted}: must be > 0, got {value}")

@@ -203,3 +203,19 @@ def test_log_manifest_to_mlflow(small_mnist, tmp_path, monkeypatch):
         assert {t.key: t.value for t in entry.tags}["mlflow.data.context"] == "training"
     finally:
         mlflow.set_tracking_uri(None)
+
+
+def test_min_row_groups_sets_how_many_ranks_a_split_can_serve(spark, mnist_raw_dir, tmp_path):
+    from nnfund_spark.config import DataConfig
+    from nnfund_spark.data.prepare import prepare_dataset
+    from nnfund_spark.training.pipeline import read_shard
+
+    out = tmp_path / "many_groups"
+    manifest = prepare_dataset(spark, DataConfig(raw_dir=str(mnist_raw_dir), output_dir=str(out),
+                                                 limit=600, min_row_groups=40))
+    assert manifest["min_row_groups"] == 40
+    assert manifest["splits"]["train"]["files"] == 40  # 540 images: 40 row groups
+    assert manifest["splits"]["validation"]["files"] == 40  # 60 images
+    # With 40 ranks, the first, a middle and the last rank each get a non-empty shard.
+    shards = [read_shard((out / "train").as_uri(), rank, 40)[0] for rank in (0, 17, 39)]
+    assert all(len(shard) >= 13 for shard in shards)

@@ -49,6 +49,7 @@ def build_manifest(config, source: dict, class_names: list, image_shape: list, s
         "test_split": test_split,
         "test_fraction": config.test_fraction if test_split == "stratified" else None,
         "row_group_size_mb": config.row_group_size_mb,
+        "min_row_groups": config.min_row_groups,
         "splits": splits,
         "train_channel_mean": mean,
         "train_channel_std": std,

@@ -132,7 +132,8 @@ def _prepare_arrays(spark, config: DataConfig, staging: Path) -> dict:
     source, bad, total, plan = _array_plan(config)
     height, width, channels = plan["train"][1].shape[1:]
     schema = image_schema(height, width, channels, config.image_codec)
-    files = write_array_splits(spark, staging, schema, plan, config.row_group_size_mb)
+    files = write_array_splits(spark, staging, schema, plan, config.row_group_size_mb,
+                               config.min_row_groups)
 
     mean, std = stats_from_histograms(channel_histograms(plan["train"][1]))
     splits = {split: split_entry(indices, labels, source.class_names, files[split])

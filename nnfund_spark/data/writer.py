@@ -70,12 +70,14 @@ def estimate_row_bytes(schema, images: np.ndarray, sample: int = 256) -> int:
     return max(1, int(np.mean([len(encode_image(schema, images[i])) for i in picks])) + 16)
 
 
-def file_count(count: int, row_bytes: int, target_mb: int) -> int:
-    """Files (= row groups) for a split: none above target_mb, at least MIN_ROW_GROUPS."""
+def file_count(count: int, row_bytes: int, target_mb: int,
+               min_groups: int = MIN_ROW_GROUPS) -> int:
+    """Files (= row groups) for a split: none above target_mb, at least min_groups (Horovod
+    ranks get whole row groups, so this bounds how many ranks can share the split)."""
     if count == 0:
         return 1
     by_size = math.ceil(count * row_bytes / (target_mb << 20))
-    return max(1, by_size, min(MIN_ROW_GROUPS, count))
+    return max(1, by_size, min(min_groups, count))
 
 
 def _write_chunks(schema, staging: str, chunks) -> list:
@@ -96,7 +98,8 @@ def _write_chunks(schema, staging: str, chunks) -> list:
     return written
 
 
-def write_array_splits(spark, staging: Path, schema, plan: dict, target_mb: int) -> dict:
+def write_array_splits(spark, staging: Path, schema, plan: dict, target_mb: int,
+                       min_groups: int = MIN_ROW_GROUPS) -> dict:
     """Write every split of an in-memory source in ONE Spark stage.
 
     plan: {split: (indices, images, labels)} with images already converted (uint8 NHWC).
@@ -107,7 +110,8 @@ def write_array_splits(spark, staging: Path, schema, plan: dict, target_mb: int)
     chunks = []
     for split, (indices, images, labels) in plan.items():
         for number, rows in enumerate(np.array_split(
-                np.arange(len(indices)), file_count(len(indices), row_bytes, target_mb))):
+                np.arange(len(indices)),
+                file_count(len(indices), row_bytes, target_mb, min_groups))):
             if len(rows):
                 chunks.append((split, f"part-{number:05d}.parquet", indices[rows], images[rows],
                                labels[rows]))

@@ -42,7 +42,7 @@ def steps_per_epoch(shard_sizes: list[int], batch_size: int) -> int:
     if min(shard_sizes) == 0:
         raise ValueError(f"a rank got no training data (train shard sizes {shard_sizes}): the "
                          f"split has fewer row groups than ranks; lower train.num_proc or "
-                         f"re-prepare with a smaller data.row_group_size_mb")
+                         f"re-prepare with data.min_row_groups >= the number of ranks")
     steps = math.ceil(max(shard_sizes) / batch_size)
     if steps > min(shard_sizes):
         raise ValueError(f"train shards {shard_sizes} are too uneven for {steps} steps of "

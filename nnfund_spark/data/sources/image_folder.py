@@ -168,7 +168,8 @@ def _channel_rule(meta: dict, path_of: dict, color_mode: str, wanted: tuple) -> 
     return chosen, good & ~wrong, bad
 
 
-def _write(spark, decoded, members: dict, meta: dict, schema, staging: Path, target_mb: int):
+def _write(spark, decoded, members: dict, meta: dict, schema, staging: Path, target_mb: int,
+           min_groups: int):
     """One write job for all splits; each split's file count is computed from its byte size."""
     from pyspark.sql import DataFrame
     from pyspark.sql import functions as F
@@ -182,7 +183,8 @@ def _write(spark, decoded, members: dict, meta: dict, schema, staging: Path, tar
     available, parts = decoded.rdd.getNumPartitions(), []
     for split, (_, ids) in members.items():
         split_bytes = int(meta["nbytes"][np.searchsorted(meta["index"], ids)].sum())
-        files = file_count(len(ids), split_bytes // max(1, len(ids)) + 16, target_mb)
+        files = file_count(len(ids), split_bytes // max(1, len(ids)) + 16, target_mb,
+                           min_groups)
         frame = rows.filter(F.col(SPLIT_COLUMN) == split)
         # Range-partitioning on the unique index gives files of contiguous index ranges and
         # near-equal rows (even Horovod shards, every file non-empty) for the price of a sample
@@ -216,7 +218,8 @@ def prepare_image_folder(spark, config, staging: Path) -> dict:
     # Spark cuts many small files into many tiny partitions (spark.sql.files.openCostInBytes);
     # merge them to about FILES_PER_TASK files per task, but keep at least as many partitions
     # as the largest split may need files, so large splits can be coalesced (see _write).
-    needed = file_count(len(candidates), size[0] * size[1] * max(wanted), config.row_group_size_mb)
+    needed = file_count(len(candidates), size[0] * size[1] * max(wanted),
+                        config.row_group_size_mb, config.min_row_groups)
     tasks = max(needed, math.ceil(len(candidates) / FILES_PER_TASK),
                 spark.sparkContext.defaultParallelism)
     table = spark.createDataFrame(candidates, "path string, index long, label int")
@@ -240,7 +243,7 @@ def prepare_image_folder(spark, config, staging: Path) -> dict:
         members = make_splits({"train": (meta["index"][good], meta["label"][good])},
                               config.validation_fraction, config.test_fraction, config.seed)
         stats = _write(spark, decoded, members, meta, schemas[channels], staging,
-                       config.row_group_size_mb)
+                       config.row_group_size_mb, config.min_row_groups)
     finally:
         decoded.unpersist()
     return _manifest(config, root, classes, size, channels, members, meta, stats, path_of,
