@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 MNIST_DATASET := data/petastorm/mnist
 PYTEST_ARGS ?=
 
-.PHONY: setup data demo test clean-data
+.PHONY: setup data demo test bench bench-quick clean-data
 
 setup:
 	@VENV=$(VENV) bash scripts/setup_venv.sh
@@ -25,6 +25,13 @@ demo: setup data $(MNIST_DATASET)/manifest.json
 
 test: setup data
 	$(BIN)/python -m pytest tests $(PYTEST_ARGS)
+
+# Our jobs against plain Keras / pyarrow, side by side; table in benchmark-results/benchmark.md.
+bench: setup data
+	$(BIN)/nnfund-spark benchmark --output benchmark-results
+
+bench-quick: setup data
+	$(BIN)/nnfund-spark benchmark --quick --output benchmark-results-quick
 
 clean-data:
 	rm -rf data/petastorm

@@ -155,16 +155,15 @@ class Runner:
         return {**json.loads(out.read_text()), "launched": launched, "wall_seconds": wall}
 
 
-def _steady(epoch_seconds: list[float]) -> float:
+def _steady(epoch_walls: list[float]) -> float:
     """The steady-state epoch: the last one (the first pays for tracing and warm-up)."""
-    if len(epoch_seconds) < 2:
-        raise BenchmarkError(f"a throughput run needs >= 2 epochs to time a steady one, got "
-                             f"{len(epoch_seconds)}")
-    return epoch_seconds[-1]
+    if not epoch_walls:
+        raise BenchmarkError("a throughput run needs >= 2 epochs to time a steady one")
+    return epoch_walls[-1]
 
 
 def _job_epoch_walls(summary: dict) -> list[float]:
-    """Wall seconds of each epoch of a training job, from rank 0's elapsed clock: everything
+    """Wall seconds of epochs 2.. of a training job, from rank 0's elapsed clock: everything
     between two epoch ends counts (fit set-up, evaluation, logging), not just the fit loop."""
     elapsed = summary["history"]["elapsed_seconds"]
     return [b - a for a, b in zip(elapsed, elapsed[1:])]
@@ -231,10 +230,15 @@ def _throughput(runner: Runner, plan: BenchmarkPlan, dataset: Path) -> dict:
         "ours_1_rank_unbound": runner.train("launcher_1_rank_unbound", "mnist_fast", [
             *job, "train.num_proc=1", "train.cpu_binding=false"], plan.master),
     }
+    return throughput_figures(runs, epochs)
+
+
+def throughput_figures(runs: dict, epochs: int) -> dict:
+    """Images/s, steady epoch, start-up and read seconds per run, and the three ratios."""
     figures = {}
     for name, run in runs.items():
         if name.startswith("plain"):
-            walls = run["epoch_seconds"]
+            walls = run["epoch_seconds"][1:]
             images = run["train_images"]
             first_epoch_end = run["epoch_ended_at"][0]
             read = 0.0
