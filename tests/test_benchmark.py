@@ -109,15 +109,16 @@ def test_quick_benchmark_runs_every_step_side_by_side(tmp_path):
 
     # 1. Time to accuracy: both contenders ran on the same images and report real times.
     tta = results["time_to_accuracy"]
-    assert tta["target_accuracy"] == 0.95
+    assert tta["target_accuracy"] == 0.93
     for side in ("ours", "baseline"):
         accuracies = tta[side]["test_accuracy_per_epoch"]
         assert accuracies and all(0.1 < a <= 1 for a in accuracies)
         assert tta[side]["wall_seconds"] > 0
         if tta[side]["epochs"] is not None:
-            assert accuracies[tta[side]["epochs"] - 1] >= 0.95
+            assert accuracies[tta[side]["epochs"] - 1] >= 0.93
             assert 0 < tta[side]["seconds"] < tta[side]["wall_seconds"]
-    assert tta["ours"]["test_accuracy"] > 0.9  # 3 epochs of the preset on 5,400 images
+    # The preset reaches 93 % on 5,400 images within its 3 epochs (94-95 % measured).
+    assert tta["ours"]["epochs"] is not None and tta["ours"]["test_accuracy"] >= 0.93
     # 2-4. Throughput: every run trained the same images; figures are positive and consistent.
     runs = results["runs"]
     assert len({run["images"] for run in runs.values()}) == 1
@@ -135,7 +136,8 @@ def test_quick_benchmark_runs_every_step_side_by_side(tmp_path):
     # Quick figures are not judged against the targets.
     assert set(results["checks"].values()) == {"n/a (quick)"}
     table = (output / "benchmark.md").read_text()
-    assert table.count("\n| ") == 9 and "Time to 95.0% MNIST test accuracy" in table
+    assert results["hardware_ceiling"]["ratio"] > 0
+    assert table.count("\n| ") == 10 and "Time to 93.0% MNIST test accuracy" in table
 
     # The datasets are gone, the logs stay; MLflow has the summary run and every job's run.
     work = output / "work"
