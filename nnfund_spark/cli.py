@@ -77,6 +77,10 @@ def _benchmark(args) -> int:
         tracking_uri = f"sqlite:///{work_dir / 'mlflow.db'}"
     else:
         tracking_uri = resolve_tracking_uri(TrackingConfig(tracking_uri=args.tracking_uri))
+        if tracking_uri.startswith("sqlite:///") and \
+                not Path(tracking_uri[len("sqlite:///"):]).is_absolute():
+            # The jobs run in the work dir: a relative store would split the runs in two.
+            tracking_uri = f"sqlite:///{Path(tracking_uri[len('sqlite:///'):]).resolve()}"
     plan = BenchmarkPlan.for_mode(args.quick, mnist_raw=args.mnist_raw,
                                   fashion_raw=args.fashion_raw, master=args.master)
     try:

@@ -296,6 +296,8 @@ def _validate_train(train: "TrainConfig") -> None:
                           "train.early_stopping_patience": train.early_stopping_patience}.items():
         if value < 0:
             raise ConfigError(f"{dotted}: must be >= 0, got {value}")
+    if train.cores_per_rank and not train.cpu_binding:
+        raise ConfigError("train.cores_per_rank only applies with train.cpu_binding=true")
     if train.target_accuracy is not None and not 0 < train.target_accuracy <= 1:
         raise ConfigError(f"train.target_accuracy: must be in (0, 1] or null, "
                           f"got {train.target_accuracy}")

@@ -36,6 +36,8 @@ def test_target_and_binding_options_are_validated():
         load_config(None, ["train.target_split=train"])
     with pytest.raises(ConfigError, match="train.cores_per_rank: must be >= 0"):
         load_config(None, ["train.cores_per_rank=-1"])
+    with pytest.raises(ConfigError, match="only applies with train.cpu_binding=true"):
+        load_config(None, ["train.cores_per_rank=1"])
 
 
 def test_convnet_is_the_keras_example_model_and_its_preset_variant():
@@ -141,7 +143,7 @@ def test_quick_benchmark_runs_every_step_side_by_side(tmp_path):
 
     # The datasets are gone, the logs stay; MLflow has the summary run and every job's run.
     work = output / "work"
-    assert not (work / "mnist").exists() and (work / "logs" / "ours_time_to_accuracy.log").exists()
+    assert not (work / "bench-mnist").exists() and (work / "logs" / "ours_time_to_accuracy.log").exists()
     client = MlflowClient(uri)
     experiment = client.get_experiment_by_name("nnfund_benchmark")
     runs_logged = client.search_runs([experiment.experiment_id])
@@ -164,3 +166,62 @@ def test_benchmark_names_a_missing_raw_directory(tmp_path):
     assert f"raw data directory {tmp_path / 'nowhere'} not found" in proc.stderr
     assert "make data" in proc.stderr
     assert not (tmp_path / "out" / "benchmark.json").exists()
+
+
+def _job(launched, job_started, elapsed, shards, read, time_to_target=None, target_epoch=None):
+    return {"launched": launched, "job_started": job_started, "wall_seconds": 99.0,
+            "history": {"elapsed_seconds": elapsed, "test_accuracy": [0.9, 0.99]},
+            "ranks": [{"train_shard_size": size, "read_seconds": read} for size in shards],
+            "time_to_target_seconds": time_to_target, "target_epoch": target_epoch,
+            "test_accuracy": 0.99, "run_id": "r"}
+
+
+def _plain(launched, ends, images):
+    return {"launched": launched, "epoch_ended_at": ends, "train_images": images,
+            "epoch_seconds": [b - a for a, b in zip([ends[0] - 10.0] + ends, ends)],
+            "wall_seconds": 50.0}
+
+
+def test_throughput_arithmetic_on_known_timestamps():
+    from nnfund_spark.benchmark.suite import throughput_figures
+
+    runs = {
+        # plain: epochs end at 110, 118, 126 s after a launch at 100: steady epoch 8 s.
+        "plain_1_core": _plain(100.0, [110.0, 118.0, 126.0], 8000),
+        # 1 rank: job starts 5 s after launch, epochs end 20, 30, 40 s into the job.
+        "ours_1_rank_1_core": _job(200.0, 205.0, [20.0, 30.0, 40.0], [8000], 2.0),
+        "ours_2_ranks_1_core_each": _job(300.0, 305.0, [15.0, 20.0, 25.0], [4000, 4000], 1.0),
+        "plain_1_thread_unbound": _plain(400.0, [410.0, 416.0, 422.0], 8000),
+        "ours_1_rank_unbound": _job(500.0, 505.0, [20.0, 28.0, 36.0], [8000], 2.0),
+    }
+    pair = [_plain(0.0, [10.0, 20.0, 30.0], 8000), _plain(0.0, [10.0, 18.0, 26.0], 8000)]
+    out = throughput_figures(runs, 3, pair)
+    one, two, plain = (out["runs"]["ours_1_rank_1_core"], out["runs"]["ours_2_ranks_1_core_each"],
+                       out["runs"]["plain_1_core"])
+    assert plain["images_per_second"] == 1000 and plain["startup_seconds"] == 2.0
+    assert one["steady_epoch_seconds"] == 10.0 and one["images_per_second"] == 800
+    assert one["startup_seconds"] == 15.0  # 205 + 20 - 200 - 10
+    assert one["amortized_images_per_second"] == pytest.approx(8000 * 3 / 32)
+    assert two["images_per_second"] == 1600
+    assert out["scaling"]["ratio"] == 2.0
+    assert out["launcher_overhead"]["ratio"] == 1.25
+    assert out["input_pipeline"] == {"ratio": 0.8, "ratio_with_read": pytest.approx(0.75)}
+    assert out["hardware_ceiling"] == {"ratio": 1.8, "images_per_second": 1800.0}
+    assert out["scaling"]["efficiency_of_ceiling"] == pytest.approx(2.0 / 1.8)
+
+
+def test_time_to_accuracy_arithmetic_and_a_baseline_that_never_gets_there():
+    from nnfund_spark.benchmark.suite import time_to_accuracy_figures
+
+    baseline = {"launched": 1000.0, "target_reached_at": 1100.0, "target_epoch": 9,
+                "final_test_accuracy": 0.991, "wall_seconds": 101.0, "recipe": "keras-io",
+                "epochs": [{"test_accuracy": 0.991, "train_seconds": 10.0}]}
+    ours = _job(2000.0, 2008.0, [30.0, 45.0, 60.0], [1], 1.0, time_to_target=62.0,
+                target_epoch=3)
+    out = time_to_accuracy_figures(baseline, ours, 0.99)
+    assert out["ours"]["seconds"] == 70.0 and out["baseline"]["seconds"] == 100.0
+    assert out["ratio"] == 0.7 and not out["ratio_is_upper_bound"]
+    baseline.update(target_reached_at=None, target_epoch=None, wall_seconds=140.0)
+    out = time_to_accuracy_figures(baseline, ours, 0.99)
+    assert out["baseline"]["seconds"] is None
+    assert out["ratio"] == 0.5 and out["ratio_is_upper_bound"]

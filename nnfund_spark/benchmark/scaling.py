@@ -11,8 +11,10 @@ one buffer up to 64 MB). A ring all-reduce over N ranks sends and receives, per 
 
 Scaling efficiency = throughput of N ranks / (N x throughput of one) =
 ``compute / (compute + allreduce)`` when nothing overlaps (the pessimistic bound), and
-``compute / max(compute, allreduce)`` when the all-reduce hides entirely behind the backward
-pass (the optimistic bound; Horovod overlaps part of it, so reality lies in between).
+``compute / max(compute, allreduce)`` when the all-reduce hides entirely behind the step's
+compute (an optimistic upper bound: Horovod can only overlap it with the backward pass, about
+two thirds of the compute, so reality lies in between and nearer the lower bound when the
+all-reduce is long).
 
 Everything here is arithmetic on stated assumptions; nothing is measured on a GPU.
 """

@@ -1,8 +1,9 @@
 """The benchmark suite behind ``nnfund-spark benchmark`` (and ``jobs/benchmark.py``).
 
-Everything runs side by side in one invocation on this machine, each contender in its own
-process launched by the suite, so every time is taken the same way: from the moment the suite
-starts the process.
+Everything runs in one invocation on this machine, one contender after another (only the
+machine-ceiling pair runs two at once), each in its own process launched by the suite, so
+every time is taken the same way: from the moment the suite starts the process. The prepare
+comparison is the exception: both writers run inside the suite, Spark's session already up.
 
 1. **Time to accuracy**: our whole job (``nnfund-spark train -c mnist_fast``: Spark start,
    Horovod launch, Petastorm read, training, sharded test evaluation after every epoch, stop at
@@ -57,7 +58,10 @@ TARGETS = {
 
 
 # The datasets the suite prepares in its work dir (and may remove afterwards).
-DATASET_DIRS = ("mnist", "mnist-throughput", "fashion_mnist")
+# Names no other part of the project uses, so a --work-dir pointed at data/petastorm cannot
+# overwrite or delete a user's prepared datasets.
+MNIST_DIR, THROUGHPUT_DIR, FASHION_DIR = "bench-mnist", "bench-mnist-throughput", "bench-fashion"
+DATASET_DIRS = (MNIST_DIR, THROUGHPUT_DIR, FASHION_DIR)
 
 
 def remove_datasets(work_dir: Path) -> None:
@@ -118,6 +122,11 @@ class Runner:
         self.env["PYSPARK_PYTHON"] = self.env.get("PYSPARK_PYTHON", sys.executable)
         # Our jobs get their tracking URI on the command line, nothing inherited.
         self.env.pop("MLFLOW_TRACKING_URI", None)
+        # The children run in work_dir: make this very package importable there even when it
+        # runs from a source checkout that is not installed.
+        package_root = str(Path(__file__).resolve().parents[2])
+        self.env["PYTHONPATH"] = os.pathsep.join(
+            p for p in (package_root, self.env.get("PYTHONPATH")) if p)
 
     def spawn(self, name: str, args: list[str]) -> tuple[float, float]:
         """Run ``python args...``; returns (launch time, wall seconds). A failure raises
@@ -208,13 +217,25 @@ def _time_to_accuracy(runner: Runner, plan: BenchmarkPlan, mnist_dir: Path) -> d
     ours = runner.train("ours_time_to_accuracy", "mnist_fast", [
         f"data.output_dir={mnist_dir}", f"train.target_accuracy={plan.target_accuracy}",
         "train.target_split=test"], plan.master)
+    return time_to_accuracy_figures(baseline, ours, plan.target_accuracy)
+
+
+def time_to_accuracy_figures(baseline: dict, ours: dict, target: float) -> dict:
+    """Both sides' seconds from their launch to the end of the epoch (and evaluation) that
+    reached ``target``, and our ratio to the baseline."""
     base_seconds = (baseline["target_reached_at"] - baseline["launched"]
                     if baseline["target_reached_at"] else None)
     our_seconds = (ours["job_started"] + ours["time_to_target_seconds"] - ours["launched"]
                    if ours["time_to_target_seconds"] is not None else None)
-    ratio = our_seconds / base_seconds if base_seconds and our_seconds else None
+    ratio, bound_only = None, False
+    if our_seconds and base_seconds:
+        ratio = our_seconds / base_seconds
+    elif our_seconds:
+        # The baseline never reached the target: its whole run is a lower bound of its time,
+        # so our ratio is at most this.
+        ratio, bound_only = our_seconds / baseline["wall_seconds"], True
     return {
-        "target_accuracy": plan.target_accuracy,
+        "target_accuracy": target,
         "ours": {"seconds": our_seconds, "epochs": ours["target_epoch"],
                  "test_accuracy": ours["test_accuracy"], "wall_seconds": ours["wall_seconds"],
                  "test_accuracy_per_epoch": ours["history"].get("test_accuracy"),
@@ -225,7 +246,7 @@ def _time_to_accuracy(runner: Runner, plan: BenchmarkPlan, mnist_dir: Path) -> d
                      "test_accuracy_per_epoch": [e["test_accuracy"] for e in baseline["epochs"]],
                      "recipe": baseline["recipe"],
                      "train_seconds_per_epoch": [e["train_seconds"] for e in baseline["epochs"]]},
-        "ratio": ratio,
+        "ratio": ratio, "ratio_is_upper_bound": bound_only,
     }
 
 
@@ -317,7 +338,7 @@ def _prepare(spark, plan: BenchmarkPlan, work_dir: Path) -> dict:
     times = {"spark": [], "pyarrow": []}
     images = 0
     for number in range(plan.prepare_runs):
-        out = work_dir / f"prepare-pyarrow-{number}"
+        out = work_dir / f"bench-prepare-pyarrow-{number}"
         if out.exists():
             shutil.rmtree(out)
         started = time.perf_counter()
@@ -325,7 +346,8 @@ def _prepare(spark, plan: BenchmarkPlan, work_dir: Path) -> dict:
         times["pyarrow"].append(time.perf_counter() - started)
         shutil.rmtree(out)
         # The last Spark run's output is the time-to-accuracy dataset.
-        out = work_dir / ("mnist" if number == plan.prepare_runs - 1 else f"prepare-spark-{number}")
+        out = work_dir / (MNIST_DIR if number == plan.prepare_runs - 1
+                          else f"bench-prepare-spark-{number}")
         started = time.perf_counter()
         manifest = prepare_dataset(spark, DataConfig(raw_dir=plan.mnist_raw, output_dir=str(out),
                                                      limit=plan.mnist_limit, overwrite=True))
@@ -333,7 +355,7 @@ def _prepare(spark, plan: BenchmarkPlan, work_dir: Path) -> dict:
         written = sum(info["count"] for info in manifest["splits"].values())
         if written != images:
             raise BenchmarkError(f"prepare wrote {written} images, the pyarrow baseline {images}")
-        if out.name != "mnist":
+        if out.name != MNIST_DIR:
             shutil.rmtree(out)
     spark_seconds, pyarrow_seconds = statistics.median(times["spark"]), \
         statistics.median(times["pyarrow"])
@@ -364,11 +386,11 @@ def run_benchmark(plan: BenchmarkPlan, work_dir: Path, output_dir: Path, trackin
     spark = build_session(SparkConfig(app_name="nnfund_benchmark"), plan.master)
     try:
         results["prepare"] = _prepare(spark, plan, work_dir)
-        throughput_dir = work_dir / "mnist-throughput"
+        throughput_dir = work_dir / THROUGHPUT_DIR
         prepare_dataset(spark, DataConfig(raw_dir=plan.mnist_raw, output_dir=str(throughput_dir),
                                           limit=plan.throughput_limit, validation_fraction=0.0,
                                           overwrite=True))
-        fashion_dir = work_dir / "fashion_mnist"
+        fashion_dir = work_dir / FASHION_DIR
         fashion_started = time.perf_counter()
         prepare_dataset(spark, DataConfig(source="fashion_mnist", raw_dir=plan.fashion_raw,
                                           output_dir=str(fashion_dir), limit=plan.fashion_limit,
@@ -378,7 +400,7 @@ def run_benchmark(plan: BenchmarkPlan, work_dir: Path, output_dir: Path, trackin
         spark.stop()  # the contenders below get the machine to themselves
 
     runner = Runner(work_dir, tracking_uri, experiment)
-    results["time_to_accuracy"] = _time_to_accuracy(runner, plan, work_dir / "mnist")
+    results["time_to_accuracy"] = _time_to_accuracy(runner, plan, work_dir / MNIST_DIR)
     results.update(_throughput(runner, plan, throughput_dir))
     fashion = runner.train("fashion_mnist_default_recipe", "fashion_mnist",
                            [f"data.output_dir={fashion_dir}", *plan.fashion_overrides],
@@ -405,6 +427,10 @@ def run_benchmark(plan: BenchmarkPlan, work_dir: Path, output_dir: Path, trackin
 def _headline(results: dict, name: str) -> Optional[float]:
     if name == "fashion_mnist":
         return results["fashion_mnist"]["test_accuracy"]
+    if name == "input_pipeline":
+        # Steady-state epochs train from memory after the one-off shard read, so the read is
+        # the only place Petastorm can cost anything: judge the ratio that includes it.
+        return results[name]["ratio_with_read"]
     return results[name]["ratio"]
 
 
@@ -441,13 +467,14 @@ def to_markdown(results: dict) -> str:
         ("1", f"Time to {target} MNIST test accuracy, whole job (s)",
          f"{_fmt(tta['ours']['seconds'], 1)} ({tta['ours']['epochs'] or '-'} epochs)",
          f"{_fmt(tta['baseline']['seconds'], 1)} ({tta['baseline']['epochs'] or '-'} epochs)",
-         _fmt(tta["ratio"], 2, "×"), f"{bound('time_to_accuracy')}×",
+         ("≤ " if tta.get("ratio_is_upper_bound") else "") + _fmt(tta["ratio"], 2, "×"),
+         f"{bound('time_to_accuracy')}×",
          checks["time_to_accuracy"]),
         ("2", "Input: Petastorm-fed rank ÷ in-memory arrays (img/s, 1 core)",
          _fmt(runs["ours_1_rank_1_core"]["images_per_second"], 0),
          _fmt(runs["plain_1_core"]["images_per_second"], 0),
-         f"{_fmt(results['input_pipeline']['ratio'], 2, '×')} "
-         f"({_fmt(results['input_pipeline']['ratio_with_read'], 2, '×')} with the shard read)",
+         f"{_fmt(results['input_pipeline']['ratio_with_read'], 2, '×')} with the shard read "
+         f"({_fmt(results['input_pipeline']['ratio'], 2, '×')} steady state)",
          f"{bound('input_pipeline')}×", checks["input_pipeline"]),
         ("3", "Scaling: 2 ranks ÷ 1 rank, 1 core + 1 thread each (img/s)",
          _fmt(runs["ours_2_ranks_1_core_each"]["images_per_second"], 0),

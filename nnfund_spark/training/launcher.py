@@ -18,6 +18,7 @@ log = logging.getLogger(__name__)
 
 
 _HOROVOD_CHECK: threading.Thread | None = None
+_HOROVOD_CHECK_LOCK = threading.Lock()
 
 
 def start_horovod_build_check() -> None:
@@ -29,12 +30,30 @@ def start_horovod_build_check() -> None:
     result is cached per process, so launching later finds it done (run_training joins it).
     """
     global _HOROVOD_CHECK
-    if _HOROVOD_CHECK is None:
-        from horovod.common.util import gloo_built
+    with _HOROVOD_CHECK_LOCK:
+        if _HOROVOD_CHECK is None:
+            _HOROVOD_CHECK = threading.Thread(target=_horovod_build_check,
+                                              name="horovod-build-check", daemon=True)
+            _HOROVOD_CHECK.start()
+
+
+def _horovod_build_check() -> None:
+    from horovod.common.util import gloo_built
+    try:
         # verbose=False: the cache key horovod.runner.launch.run_controller uses at verbose < 2.
-        _HOROVOD_CHECK = threading.Thread(target=gloo_built, kwargs={"verbose": False},
-                                          name="horovod-build-check", daemon=True)
-        _HOROVOD_CHECK.start()
+        gloo_built(verbose=False)
+    except Exception:  # noqa: BLE001 - only a warm-up: horovod.spark.run checks again itself
+        log.debug("background Horovod build check failed; Horovod will check again",
+                  exc_info=True)
+
+
+def wait_for_horovod_build_check(timeout: float = 60.0) -> None:
+    """Let the background check finish (bounded: if it is stuck, Horovod checks again)."""
+    if _HOROVOD_CHECK is not None:
+        _HOROVOD_CHECK.join(timeout)
+        if _HOROVOD_CHECK.is_alive():
+            log.warning("Horovod's build check is still running after %.0f s; launching anyway",
+                        timeout)
 
 
 class ClusterTooSmallError(RuntimeError):
@@ -257,7 +276,7 @@ def run_training(spark, config: JobConfig, extra_settings: dict | None = None,
         settings.update(extra_settings or {})
         from nnfund_spark.training.worker import train_worker
 
-        _HOROVOD_CHECK.join()
+        wait_for_horovod_build_check()
         started = time.time()
         # Horovod: one barrier task per rank; Gloo rendezvous through the driver.
         try:
@@ -273,7 +292,7 @@ def run_training(spark, config: JobConfig, extra_settings: dict | None = None,
         if rank0["test_count"]:
             mlflow.log_metrics({"test_loss": rank0["test_loss"],
                                 "test_accuracy": rank0["test_accuracy"]})
-        if rank0["target_epoch"] is not None:
+        if rank0["target_epoch"] is not None and rank0["time_to_target_seconds"] is not None:
             # Seconds from the start of run_training to the end of the epoch (and its
             # evaluation) that reached train.target_accuracy.
             mlflow.log_metrics({"target_epoch": rank0["target_epoch"],

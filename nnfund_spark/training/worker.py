@@ -67,6 +67,9 @@ def bind_cpus(local_rank: int, local_size: int, cores: list[int], per_rank: int 
 def apply_cpu_binding(per_rank: int = 0) -> list[int]:
     """Bind every thread of this process to its rank's cores (before TensorFlow starts its
     thread pools, so they inherit it). Horovod's launcher exports HOROVOD_LOCAL_RANK/SIZE."""
+    if not hasattr(os, "sched_setaffinity"):
+        raise RuntimeError("train.cpu_binding needs Linux (os.sched_setaffinity); set "
+                           "train.cpu_binding=false on this platform")
     local_rank = int(os.environ.get("HOROVOD_LOCAL_RANK", "0"))
     local_size = int(os.environ.get("HOROVOD_LOCAL_SIZE", "1"))
     mine = bind_cpus(local_rank, local_size, list(os.sched_getaffinity(0)), per_rank)
