@@ -169,7 +169,8 @@ def test_custom_layers_survive_saving(tmp_path):
 
 
 def test_bad_names_are_rejected_with_the_choices():
-    with pytest.raises(ValueError, match="unknown model 'vgg99'; available: alexnet, convnet, inception"):
+    with pytest.raises(ValueError,
+                       match="unknown model 'vgg99'; available: alexnet, convnet, inception"):
         build_model("vgg99", (28, 28, 1), 10)
     with pytest.raises(ValueError, match=r"model 'mlp' does not accept depth; accepted: .*units"):
         build_model("mlp", (28, 28, 1), 10, depth=20)
