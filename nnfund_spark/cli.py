@@ -193,13 +193,9 @@ def main(argv: list[str] | None = None) -> int:
 
 def _write_json(path: str, value) -> None:
     """Write JSON atomically: a reader never sees half a file."""
-    from pathlib import Path
+    from nnfund_spark.data.storage import write_text_atomic
 
-    target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    partial = target.with_name(target.name + ".partial")
-    partial.write_text(json.dumps(value, indent=2, default=str))
-    partial.replace(target)
+    write_text_atomic(path, json.dumps(value, indent=2, default=str))
 
 
 def run() -> None:

@@ -32,7 +32,6 @@ import argparse  # noqa: E402
 import json  # noqa: E402
 import os  # noqa: E402
 import sys  # noqa: E402
-from pathlib import Path  # noqa: E402
 
 
 def keras_io_convnet(input_shape, num_classes: int):
@@ -170,10 +169,8 @@ def main(argv: list[str] | None = None) -> int:
         os.sched_setaffinity(0, {int(core) for core in args.cores.split(",")})
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     result = (time_to_accuracy if args.mode == "time-to-accuracy" else throughput)(args)
-    target = Path(args.json)
-    partial = target.with_name(target.name + ".partial")
-    partial.write_text(json.dumps(result, indent=2))
-    partial.replace(target)
+    from nnfund_spark.data.storage import write_text_atomic
+    write_text_atomic(args.json, json.dumps(result, indent=2))
     return 0
 
 

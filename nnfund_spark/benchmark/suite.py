@@ -370,6 +370,7 @@ def run_benchmark(plan: BenchmarkPlan, work_dir: Path, output_dir: Path, trackin
     return the results. Datasets, logs and per-step JSON stay in work_dir."""
     from nnfund_spark.config import DataConfig, SparkConfig
     from nnfund_spark.data.prepare import prepare_dataset
+    from nnfund_spark.data.storage import write_text_atomic
     from nnfund_spark.spark import build_session
 
     for raw in (plan.mnist_raw, plan.fashion_raw):
@@ -417,8 +418,8 @@ def run_benchmark(plan: BenchmarkPlan, work_dir: Path, output_dir: Path, trackin
 
     output_dir.mkdir(parents=True, exist_ok=True)
     markdown = to_markdown(results)
-    _write(output_dir / "benchmark.json", json.dumps(results, indent=2, default=str))
-    _write(output_dir / "benchmark.md", markdown)
+    write_text_atomic(output_dir / "benchmark.json", json.dumps(results, indent=2, default=str))
+    write_text_atomic(output_dir / "benchmark.md", markdown)
     if log_summary:
         _log_to_mlflow(results, output_dir, tracking_uri, experiment)
     return results
@@ -513,12 +514,6 @@ def to_markdown(results: dict) -> str:
              "|---|---|---|---|---|---|---|"]
     lines += ["| " + " | ".join(row) + " |" for row in rows]
     return "\n".join(lines) + "\n"
-
-
-def _write(path: Path, text: str) -> None:
-    partial = path.with_name(path.name + ".partial")
-    partial.write_text(text)
-    partial.replace(path)
 
 
 def _numbers(prefix: str, value, out: dict) -> dict:

@@ -23,3 +23,14 @@ def local_path(location: str | Path) -> Path:
         raise ValueError(f"dataset location '{location}' uses {scheme}://, which prepare/train "
                          f"cannot stage and rename atomically; use {', '.join(ACCEPTED)}")
     return Path(text).expanduser().resolve()
+
+
+def write_text_atomic(path: str | Path, text: str) -> Path:
+    """Write a small text file so that a reader never sees half of it: write a sibling
+    ``.partial`` file, then rename it over the target (creating the parent directory)."""
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    partial = target.with_name(target.name + ".partial")
+    partial.write_text(text)
+    partial.replace(target)
+    return target
