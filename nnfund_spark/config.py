@@ -208,6 +208,11 @@ class TrainConfig:
     xla: bool = False
     # Send gradients as float16 in the allreduce: halves network bytes, tiny precision cost.
     fp16_allreduce: bool = False
+    # Local gradient accumulation (Horovod's backward_passes_per_step): each rank sums the
+    # gradients of this many batches and the ranks exchange and apply their average once, so
+    # the allreduce runs once per k batches. The effective global batch becomes
+    # batch_size x k x ranks (the learning rate is not rescaled for k). 1 = exchange every step.
+    backward_passes_per_step: int = 1
 
 
 @dataclass
@@ -366,6 +371,7 @@ def validate(config: JobConfig) -> JobConfig:
             raise ConfigError(f"{dotted}: '{value}' is not one of {', '.join(allowed)}")
     positive = {"train.epochs": config.train.epochs,
                 "train.batch_size": config.train.batch_size,
+                "train.backward_passes_per_step": config.train.backward_passes_per_step,
                 "train.learning_rate": config.train.learning_rate,
                 "data.row_group_size_mb": config.data.row_group_size_mb,
                 "data.min_row_groups": config.data.min_row_groups}

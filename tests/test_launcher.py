@@ -107,3 +107,61 @@ def test_each_rank_pins_the_gpu_spark_assigned(small_mnist, tmp_path):
         assert rank["gpu_source"] == "spark"
         assert rank["gpu_index"] == int(rank["assigned_gpus"][0])
         assert rank["visible_gpus"] == 0 and rank["device"] == "CPU"
+
+
+def test_gradient_accumulation_exchanges_every_k_batches(spark, small_mnist, tmp_path):
+    """train.backward_passes_per_step=2: ranks sum two batches locally, then average across
+    ranks and update once; the ranks still end with identical weights and the model learns."""
+    out, _ = small_mnist
+    config = job_config(out, tmp_path, "train.epochs=2", "train.backward_passes_per_step=2")
+    summary = run_training(spark, config)
+    ranks = summary["ranks"]
+    assert [r["backward_passes_per_step"] for r in ranks] == [2, 2]
+    assert all(r["allreduce_gradients"] for r in ranks)
+    assert ranks[0]["weights_sha256"] == ranks[1]["weights_sha256"]
+    assert summary["test_accuracy"] > 0.8
+    assert summary["history"]["loss"][1] < summary["history"]["loss"][0]
+
+
+ACCUMULATION_CHECK = r"""
+import json
+import numpy as np
+import tensorflow as tf
+import horovod.tensorflow.keras as hvd
+from nnfund_spark.training.worker import distribute_optimizer
+
+hvd.init()
+rng = np.random.default_rng(0)
+x = rng.normal(size=(256, 20)).astype(np.float32)
+y = rng.integers(0, 3, 256)
+
+def fit(batch, k):
+    tf.keras.utils.set_random_seed(1)
+    model = tf.keras.Sequential([tf.keras.Input((20,)), tf.keras.layers.Dense(16, "relu"),
+                                 tf.keras.layers.Dense(3)])
+    plain = tf.keras.optimizers.SGD(0.1)
+    optimizer = distribute_optimizer(hvd, plain, hvd.size(), k)
+    model.compile(optimizer, tf.keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    model.fit(x, y, batch_size=batch, epochs=2, shuffle=False, verbose=0)
+    return model.get_weights(), optimizer is plain
+
+every_step, kept_plain = fit(64, 1)
+accumulated, wrapped_plain = fit(16, 4)
+print(json.dumps({"size": hvd.size(), "kept_plain": kept_plain, "wrapped_plain": wrapped_plain,
+                  "max_difference": max(float(np.abs(a - b).max())
+                                        for a, b in zip(every_step, accumulated))}))
+"""
+
+
+def test_accumulating_k_batches_equals_one_batch_k_times_larger():
+    """Four accumulated batches of 16 give the same SGD weights as batches of 64 (same order);
+    a single rank without accumulation keeps the plain optimizer (no allreduce at all)."""
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2",
+               PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])))
+    proc = subprocess.run([sys.executable, "-c", ACCUMULATION_CHECK], capture_output=True,
+                          text=True, timeout=300, env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert result["size"] == 1
+    assert result["kept_plain"] is True and result["wrapped_plain"] is False
+    assert result["max_difference"] < 1e-5

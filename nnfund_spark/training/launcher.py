@@ -185,6 +185,7 @@ def worker_settings(config: JobConfig, manifest: dict, dataset_dir: Path) -> dic
         "verbose": train.verbose, "mixed_precision": train.mixed_precision, "xla": train.xla,
         "fp16_allreduce": train.fp16_allreduce, "cpu_binding": train.cpu_binding,
         "cores_per_rank": train.cores_per_rank,
+        "backward_passes_per_step": train.backward_passes_per_step,
         "target_accuracy": train.target_accuracy, "target_split": train.target_split,
     }
 
