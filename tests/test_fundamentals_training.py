@@ -267,3 +267,26 @@ def test_dead_relu_fraction_on_conv_positions_and_channels():
         "conv1_relu", "conv2_relu", "dense_relu"]
     with pytest.raises(ValueError, match="has no ReLU layers"):
         dead_relu_fraction(build_model("lenet5", (28, 28, 1), 10, activation="tanh"), images)
+
+
+def test_step_table_rate_is_applied_per_step_in_the_train_step():
+    """The rate table runs inside the compiled step: with loss = w (gradient 1), plain SGD moves
+    w by exactly the table's rate at every step, and past the table's end by its last rate. It
+    survives the config round trip hvd.DistributedOptimizer does."""
+    import tensorflow as tf
+
+    from nnfund_spark.training.callbacks import StepTableRate
+
+    table = StepTableRate([0.1, 0.2, 0.3, 0.4])
+    optimizer = make_optimizer("sgd", table)
+    rebuilt = type(optimizer).from_config(optimizer.get_config())
+    assert rebuilt.get_config()["learning_rate"]["config"]["rates"] == table.rates
+    model = tf.keras.Sequential([tf.keras.Input((1,)), tf.keras.layers.Dense(
+        1, use_bias=False, kernel_initializer="zeros")])
+    model.compile(rebuilt, loss=lambda y_true, y_pred: tf.reduce_mean(y_pred))
+    model.fit(np.ones((5, 1), np.float32), np.zeros((5, 1), np.float32), batch_size=1,
+              epochs=1, shuffle=False, verbose=0)
+    assert float(model.get_weights()[0][0, 0]) == pytest.approx(-(0.1 + 0.2 + 0.3 + 0.4 + 0.4))
+    assert [table.rate_after(n) for n in (0, 1, 4, 9)] == [0.1, 0.1, 0.4, 0.4]
+    with pytest.raises(ValueError, match="at least one step"):
+        StepTableRate([])

@@ -56,26 +56,51 @@ class ShardedEvaluation(tf.keras.callbacks.Callback):
             logs[f"{self.prefix}accuracy"] = result["accuracy"]
 
 
-class LearningRateSchedule(tf.keras.callbacks.Callback):
-    """Sets the optimizer's rate before every step from a step -> rate function
-    (nnfund_spark.training.schedules) and reports it in the epoch logs."""
+@tf.keras.utils.register_keras_serializable(package="nnfund_spark")
+class StepTableRate(tf.keras.optimizers.schedules.LearningRateSchedule):
+    """The learning rate as a table indexed by the optimizer's step count, computed once from a
+    step -> rate function (nnfund_spark.training.schedules); past the end it holds the last rate.
 
-    def __init__(self, rate_at, steps_per_epoch: int):
+    It runs inside the compiled train step, so training needs no per-batch Python callback
+    (any batch-level callback makes Keras call back into Python after every step). Horovod's
+    gradient accumulation counts every local batch as a step, as the table does. Registered
+    with Keras because hvd.DistributedOptimizer rebuilds the optimizer from its config."""
+
+    def __init__(self, rates):
         super().__init__()
-        self.rate_at = rate_at
-        self.steps_per_epoch = steps_per_epoch
-        self.epoch = 0
+        self.rates = [float(rate) for rate in rates]
+        if not self.rates:
+            raise ValueError("a learning-rate table needs at least one step")
+        self._table = tf.constant(self.rates, tf.float32)
 
-    def on_epoch_begin(self, epoch, logs=None):
-        self.epoch = epoch
+    @classmethod
+    def from_function(cls, rate_at, steps: int) -> "StepTableRate":
+        return cls([rate_at(step) for step in range(max(1, steps))])
 
-    def on_train_batch_begin(self, batch, logs=None):
-        self.model.optimizer.learning_rate.assign(
-            self.rate_at(self.epoch * self.steps_per_epoch + batch))
+    def __call__(self, step):
+        last = len(self.rates) - 1
+        index = tf.minimum(tf.cast(step, tf.int32), last)
+        return tf.gather(self._table, index)
+
+    def rate_after(self, steps_done: int) -> float:
+        """The rate the last of ``steps_done`` steps used (the first step's before any)."""
+        return self.rates[min(max(steps_done - 1, 0), len(self.rates) - 1)]
+
+    def get_config(self):
+        return {"rates": self.rates}
+
+
+class LearningRateLogger(tf.keras.callbacks.Callback):
+    """Reports the rate the epoch's last step used as ``learning_rate`` in the epoch logs."""
+
+    def __init__(self, schedule: StepTableRate):
+        super().__init__()
+        self.schedule = schedule
 
     def on_epoch_end(self, epoch, logs=None):
         if logs is not None:
-            logs["learning_rate"] = float(self.model.optimizer.learning_rate.numpy())
+            steps_done = int(self.model.optimizer.iterations.numpy())
+            logs["learning_rate"] = self.schedule.rate_after(steps_done)
 
 
 class DeadReluMonitor(tf.keras.callbacks.Callback):

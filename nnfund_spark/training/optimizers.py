@@ -71,8 +71,10 @@ def _check_value(optimizer: str, key: str, value) -> None:
                          f"got {value!r}")
 
 
-def make_optimizer(name: str, learning_rate: float, **hyperparameters):
-    """A fresh ``tf.keras.optimizers`` instance for ``name`` (one of ``OPTIMIZERS``)."""
+def make_optimizer(name: str, learning_rate, **hyperparameters):
+    """A fresh ``tf.keras.optimizers`` instance for ``name`` (one of ``OPTIMIZERS``);
+    ``learning_rate`` is a number > 0 or a ``tf.keras.optimizers.schedules``
+    LearningRateSchedule (the per-step table the ranks train with)."""
     import tensorflow as tf
 
     accepted = optimizer_hyperparameters(name)
@@ -80,9 +82,13 @@ def make_optimizer(name: str, learning_rate: float, **hyperparameters):
     if unknown:
         raise ValueError(f"optimizer '{name}' does not accept {', '.join(unknown)}; accepted: "
                          f"{', '.join(sorted(accepted))}")
-    if isinstance(learning_rate, bool) or not isinstance(learning_rate, (int, float)) \
+    if isinstance(learning_rate, tf.keras.optimizers.schedules.LearningRateSchedule):
+        pass
+    elif isinstance(learning_rate, bool) or not isinstance(learning_rate, (int, float)) \
             or learning_rate <= 0:
         raise ValueError(f"learning_rate must be a number > 0, got {learning_rate!r}")
+    else:
+        learning_rate = float(learning_rate)
     for key, value in hyperparameters.items():
         _check_value(name, key, value)
     settings = {key: value for key, value in {**accepted, **hyperparameters}.items()
@@ -90,8 +96,7 @@ def make_optimizer(name: str, learning_rate: float, **hyperparameters):
     if name == "nesterov":
         settings["nesterov"] = True
     class_name = _SPECIFIC[name][0]
-    return getattr(tf.keras.optimizers, class_name)(learning_rate=float(learning_rate),
-                                                    **settings)
+    return getattr(tf.keras.optimizers, class_name)(learning_rate=learning_rate, **settings)
 
 
 def make_loss(name: str, num_classes: int, one_hot: bool = False, label_smoothing: float = 0.0):

@@ -129,9 +129,9 @@ def _train(settings: dict) -> dict:
     from nnfund_spark.training import checkpoint
     from nnfund_spark.training.augment import make_augmenter
     from nnfund_spark.training.callbacks import (DeadReluMonitor, EarlyStopper, EpochLogger,
-                                                  FaultInjection, LearningRateSchedule,
+                                                  FaultInjection, LearningRateLogger,
                                                   MlflowEpochLogger, ShardedEvaluation,
-                                                  sharded_evaluate)
+                                                  StepTableRate, sharded_evaluate)
     from nnfund_spark.training.metrics import relu_layers
     from nnfund_spark.training.optimizers import make_loss, make_optimizer
     from nnfund_spark.training.schedules import scaled_base_lr, schedule_function
@@ -171,7 +171,11 @@ def _train(settings: dict) -> dict:
     model = build_model(settings["model"], manifest["image_shape"], num_classes,
                         **settings["model_kwargs"])
     peak_lr = scaled_base_lr(settings["learning_rate"], size, settings["scale_lr_by_workers"])
-    local_optimizer = make_optimizer(settings["optimizer"], peak_lr,
+    # The whole run's rate per step, evaluated in the train step from the optimizer's counter.
+    rate = StepTableRate.from_function(schedule_function(
+        settings["schedule"], peak_lr, steps, settings["epochs"], settings["warmup_epochs"],
+        **_schedule_params(settings)), steps * settings["epochs"])
+    local_optimizer = make_optimizer(settings["optimizer"], rate,
                                      **settings["optimizer_options"])
     optimizer = distribute_optimizer(hvd, local_optimizer, size,
                                      settings.get("backward_passes_per_step", 1),
@@ -192,12 +196,15 @@ def _train(settings: dict) -> dict:
         first_epoch = settings["resume_from"]["epoch"]
         history = {k: list(v) for k, v in settings["resume_from"]["history"].items()}
 
+    if size > 1:
+        # Horovod: every rank starts from rank 0's weights. Done once here rather than with
+        # hvd.callbacks.BroadcastGlobalVariablesCallback, whose per-batch hook would make Keras
+        # return to Python after every step. Optimizer slots start equal (zeros, or the same
+        # checkpoint on resume).
+        hvd_tf.broadcast_variables(model.variables, root_rank=0)
+    # No callback below has a per-batch hook: Keras then runs the steps without Python.
     callbacks = [
-        # Horovod: every rank starts from rank 0's initial weights.
-        hvd.callbacks.BroadcastGlobalVariablesCallback(0),
-        LearningRateSchedule(schedule_function(
-            settings["schedule"], peak_lr, steps, settings["epochs"], settings["warmup_epochs"],
-            **_schedule_params(settings)), steps),
+        LearningRateLogger(rate),
         # Horovod: report train metrics averaged over ranks, not rank 0's alone.
         hvd.callbacks.MetricAverageCallback(),
     ]
