@@ -131,6 +131,10 @@ def test_quick_benchmark_runs_every_step_side_by_side(tmp_path):
         runs["ours_2_ranks_1_core_each"]["images_per_second"]
         / runs["ours_1_rank_1_core"]["images_per_second"])
     assert runs["ours_1_rank_1_core"]["read_seconds"] > 0
+    assert results["scaling_accumulated"]["ratio"] == pytest.approx(
+        runs["ours_2_ranks_accumulate"]["images_per_second"]
+        / runs["ours_1_rank_accumulate"]["images_per_second"])
+    assert results["scaling_accumulated"]["backward_passes_per_step"] == 8
     # 5. Prepare: the Spark job and the pyarrow baseline wrote the same 12,000 images.
     assert results["prepare"]["images"] == 12000
     # 6. Fashion-MNIST trained and was evaluated (one epoch on 3,600 images: far above chance).
@@ -139,7 +143,8 @@ def test_quick_benchmark_runs_every_step_side_by_side(tmp_path):
     assert set(results["checks"].values()) == {"n/a (quick)"}
     table = (output / "benchmark.md").read_text()
     assert results["hardware_ceiling"]["ratio"] > 0
-    assert table.count("\n| ") == 10 and "Time to 93.0% MNIST test accuracy" in table
+    assert table.count("\n| ") == 11 and "| 3c |" in table
+    assert "Time to 93.0% MNIST test accuracy" in table
 
     # The datasets are gone, the logs stay; MLflow has the summary run and every job's run.
     work = output / "work"
@@ -193,7 +198,11 @@ def test_throughput_arithmetic_on_known_timestamps():
         "ours_2_ranks_1_core_each": _job(300.0, 305.0, [15.0, 20.0, 25.0], [4000, 4000], 1.0),
         "plain_1_thread_unbound": _plain(400.0, [410.0, 416.0, 422.0], 8000),
         "ours_1_rank_unbound": _job(500.0, 505.0, [20.0, 28.0, 36.0], [8000], 2.0),
+        "ours_1_rank_accumulate": _job(600.0, 605.0, [20.0, 28.0, 36.0], [8000], 2.0),
+        "ours_2_ranks_accumulate": _job(700.0, 705.0, [15.0, 20.0, 24.5], [4000, 4000], 1.0),
     }
+    for rank in runs["ours_2_ranks_accumulate"]["ranks"]:
+        rank["backward_passes_per_step"] = 8
     pair = [_plain(0.0, [10.0, 20.0, 30.0], 8000), _plain(0.0, [10.0, 18.0, 26.0], 8000)]
     out = throughput_figures(runs, 3, pair)
     one, two, plain = (out["runs"]["ours_1_rank_1_core"], out["runs"]["ours_2_ranks_1_core_each"],
@@ -208,6 +217,12 @@ def test_throughput_arithmetic_on_known_timestamps():
     assert out["input_pipeline"] == {"ratio": 0.8, "ratio_with_read": pytest.approx(0.75)}
     assert out["hardware_ceiling"] == {"ratio": 1.8, "images_per_second": 1800.0}
     assert out["scaling"]["efficiency_of_ceiling"] == pytest.approx(2.0 / 1.8)
+    # accumulating pair: 8000 / 4.5 s against 8000 / 8 s
+    accumulated = out["scaling_accumulated"]
+    assert accumulated["ratio"] == pytest.approx(8 / 4.5)
+    assert accumulated["backward_passes_per_step"] == 8
+    assert accumulated["ratio_to_every_step_rank"] == pytest.approx(10 / 4.5)
+    assert accumulated["efficiency_of_ceiling"] == pytest.approx(8 / 4.5 / 1.8)
 
 
 def test_time_to_accuracy_arithmetic_and_a_baseline_that_never_gets_there():
