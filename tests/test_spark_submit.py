@@ -91,3 +91,94 @@ def test_prepare_train_with_spark_submit_from_a_scratch_directory(wheel, tmp_pat
     proc = spark_submit(tmp_path, wheel, "train.py", "-c", "mnist", "--set", "train.epohcs=1")
     assert proc.returncode == 2, proc.stderr[-3000:]
     assert "unknown config key 'train.epohcs'" in proc.stderr + proc.stdout, proc.stderr[-3000:]
+
+
+def _free_port():
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@pytest.fixture
+def standalone_cluster(tmp_path):
+    """A one-node Spark standalone cluster (a master and a 2-core worker, separate JVMs from
+    the installed PySpark), as `spark-class ... Master/Worker` start it on real machines."""
+    import time
+    import urllib.request
+
+    port, ui = _free_port(), _free_port()
+    env = dict(os.environ, SPARK_LOG_DIR=str(tmp_path), SPARK_LOCAL_IP="127.0.0.1")
+    logs = tmp_path / "cluster-logs"
+    logs.mkdir()
+    processes = []
+
+    def start(name, *args):
+        log = open(logs / f"{name}.log", "w")
+        processes.append(subprocess.Popen([str(BIN / "spark-class"), *args], env=env,
+                                          stdout=log, stderr=subprocess.STDOUT))
+
+    master = f"spark://127.0.0.1:{port}"
+    try:
+        start("master", "org.apache.spark.deploy.master.Master", "--host", "127.0.0.1",
+              "--port", str(port), "--webui-port", str(ui))
+        start("worker", "org.apache.spark.deploy.worker.Worker", "--host", "127.0.0.1",
+              "--cores", "2", "--memory", "4g", "--webui-port", str(_free_port()),
+              "--work-dir", str(tmp_path / "worker"), master)
+        deadline = time.time() + 120
+        while True:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{ui}/json/", timeout=5) as reply:
+                    if json.load(reply).get("aliveworkers", 0) >= 1:
+                        break
+            except OSError:
+                pass
+            if time.time() > deadline:
+                raise AssertionError("the standalone worker did not register within 120 s:\n"
+                                     + "\n".join(p.read_text()[-2000:] for p in logs.iterdir()))
+            time.sleep(1)
+        yield master, tmp_path / "worker"
+    finally:
+        for process in processes:
+            process.terminate()
+        for process in processes:
+            try:
+                process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                process.kill()
+
+
+def test_train_on_a_standalone_cluster_in_client_mode(standalone_cluster, wheel, small_mnist,
+                                                      tmp_path):
+    """The driver in spark-submit (client deploy mode, the only one Spark offers Python
+    applications on standalone clusters), the ranks in an executor JVM the worker launched in
+    its own work directory, the package shipped as the wheel on --py-files."""
+    from mlflow.tracking import MlflowClient
+
+    master, worker_dir = standalone_cluster
+    dataset, _ = small_mnist
+    scratch = tmp_path / "driver"
+    scratch.mkdir()
+    env = dict(os.environ, PYSPARK_PYTHON=sys.executable, PYSPARK_DRIVER_PYTHON=sys.executable)
+    env.pop("MLFLOW_TRACKING_URI", None)
+    proc = subprocess.run(
+        [str(BIN / "spark-submit"), "--master", master, "--deploy-mode", "client",
+         "--total-executor-cores", "2", "--executor-cores", "2", "--executor-memory", "3g",
+         "--conf", "spark.ui.enabled=false", "--py-files", str(wheel),
+         str(REPO / "jobs" / "train.py"), "-c", "mnist",
+         "--set", f"data.output_dir={dataset}", "--set", "train.num_proc=2",
+         "--set", "train.epochs=1", "--set", "train.batch_size=32",
+         "--set", "tracking.log_artifacts=false"],
+        cwd=scratch, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    client = MlflowClient(f"sqlite:///{scratch}/mlflow.db")
+    (run,) = client.search_runs([client.get_experiment_by_name("mnist_cnn").experiment_id])
+    assert run.info.status == "FINISHED"
+    assert run.data.params["world_size"] == "2"
+    assert run.data.tags["spark.master"] == master
+    assert run.data.tags["weights_identical_across_ranks"] == "True"
+    assert run.data.metrics["test_accuracy"] > 0.7
+    # The ranks ran in the worker's executor, not in the driver's process or directory.
+    (app,) = [p for p in worker_dir.iterdir() if p.name.startswith("app-")]
+    assert any(app.rglob("stderr"))
