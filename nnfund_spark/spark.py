@@ -6,13 +6,13 @@ import sys
 
 from nnfund_spark.config import SparkConfig
 
-# When nothing else chooses a master (plain `python jobs/train.py` or `nnfund-spark`), run
-# locally on every core; spark-submit and Databricks set spark.master themselves.
-DEFAULT_LOCAL_MASTER = "local[*]"
+# When nothing chooses a master, Spark's own launcher defaults to local[*] (plain
+# `python jobs/train.py` or `nnfund-spark`). spark-submit and Databricks set spark.master in the
+# driver JVM, which Python cannot see before the session exists: setting a master here would
+# override theirs, so only an explicit --master or spark.master in the config is applied.
 
 
 def build_session(config: SparkConfig, master: str | None = None):
-    from pyspark import SparkConf
     from pyspark.sql import SparkSession
 
     master = master or config.master
@@ -22,8 +22,6 @@ def build_session(config: SparkConfig, master: str | None = None):
     builder = SparkSession.builder.appName(config.app_name)
     if master:
         builder = builder.master(master)
-    elif not SparkConf().contains("spark.master"):
-        builder = builder.master(DEFAULT_LOCAL_MASTER)
     # Horovod ranks print their own per-epoch lines; Spark's progress bar would interleave.
     builder = builder.config("spark.ui.showConsoleProgress", "false")
     for key, value in config.conf.items():

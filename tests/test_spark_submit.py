@@ -74,6 +74,8 @@ def test_prepare_train_with_spark_submit_from_a_scratch_directory(wheel, tmp_pat
     client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
     (run,) = client.search_runs([client.get_experiment_by_name("mnist_cnn").experiment_id])
     assert run.info.status == "FINISHED" and run.data.params["world_size"] == "2"
+    # the job ran on spark-submit's master, not one of its own
+    assert run.data.tags["spark.master"] == "local[2]"
 
     # Batch inference with the logged model reproduces training's test accuracy exactly.
     predictions = tmp_path / "predictions"
