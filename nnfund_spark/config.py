@@ -230,7 +230,8 @@ class TrackingConfig:
 
 @dataclass
 class SparkConfig:
-    # None: keep whatever spark-submit / the cluster set; local[2] when run as a plain script.
+    # None: keep whatever spark-submit / the cluster set; Spark's local[*] when run as a
+    # plain script.
     master: Optional[str] = None
     app_name: str = "nnfund_spark"
     # Extra Spark properties (e.g. GPU resource settings), passed through verbatim.

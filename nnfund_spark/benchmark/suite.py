@@ -89,7 +89,7 @@ class BenchmarkPlan:
     baseline_max_epochs: int = 15
     # Throughput steps: train images (validation split 0) and epochs (the last is timed).
     throughput_limit: int = 30000
-    throughput_epochs: int = 3
+    throughput_epochs: int = 5
     throughput_batch_size: int = 64
     # The second scaling pair: gradients summed over this many local batches per allreduce.
     accumulation_steps: int = 8
@@ -191,10 +191,12 @@ class Runner:
 
 
 def _steady(epoch_walls: list[float]) -> float:
-    """The steady-state epoch: the last one (the first pays for tracing and warm-up)."""
+    """The steady-state epoch: the median of epochs 2.. (the first pays for tracing and
+    warm-up). A median, so one epoch slowed by something else on a shared machine does not
+    decide a ratio."""
     if not epoch_walls:
         raise BenchmarkError("a throughput run needs >= 2 epochs to time a steady one")
-    return epoch_walls[-1]
+    return statistics.median(epoch_walls)
 
 
 def _job_epoch_walls(summary: dict) -> list[float]:
