@@ -242,3 +242,42 @@ def test_time_to_accuracy_arithmetic_and_a_baseline_that_never_gets_there():
     out = time_to_accuracy_figures(baseline, ours, 0.99)
     assert out["baseline"]["seconds"] is None
     assert out["ratio"] == 0.5 and out["ratio_is_upper_bound"]
+
+
+def test_each_throughput_contender_keeps_its_best_round():
+    from nnfund_spark.benchmark.suite import BenchmarkPlan, _throughput
+
+    class FakeRunner:
+        """Round 1 is slow for our 1-rank job and fast for the rest; round 2 the reverse."""
+
+        def __init__(self):
+            self.names = []
+
+        def _slow(self, name):
+            return ("round2" in name) != ("launcher_1_rank_1_core" in name and
+                                           "accumulate" not in name)
+
+        def plain_keras(self, name, mode, args):
+            self.names.append(name)
+            epoch = 9.0 if self._slow(name) else 8.0
+            return _plain(0.0, [10.0, 10.0 + epoch, 10.0 + 2 * epoch], 8000)
+
+        def plain_keras_together(self, runs, mode):
+            return {name: self.plain_keras(name, mode, args) for name, args in runs.items()}
+
+        def train(self, name, config, overrides, master):
+            self.names.append(name)
+            epoch = 12.0 if self._slow(name) else 10.0
+            return _job(0.0, 0.0, [20.0, 20.0 + epoch, 20.0 + 2 * epoch], [8000], 1.0)
+
+    runner = FakeRunner()
+    plan = BenchmarkPlan(throughput_epochs=3, throughput_rounds=2)
+    out = _throughput(runner, plan, Path("unused"))
+    # every contender ran in both rounds, round 2 under its own names
+    assert len(runner.names) == 2 * 9 and len(set(runner.names)) == 18
+    assert "launcher_2_ranks_1_core_each_round2" in runner.names
+    # our 1-rank job was fast in round 2 only, everything else in round 1: all keep 10 s / 8 s
+    assert out["runs"]["ours_1_rank_1_core"]["steady_epoch_seconds"] == 10.0
+    assert out["runs"]["ours_2_ranks_1_core_each"]["steady_epoch_seconds"] == 10.0
+    assert out["runs"]["plain_1_core"]["steady_epoch_seconds"] == 8.0
+    assert out["hardware_ceiling"]["ratio"] == 2.0 and out["rounds"] == 2
