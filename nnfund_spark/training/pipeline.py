@@ -73,8 +73,12 @@ def epoch_dataset(images: np.ndarray, labels: np.ndarray, steps: int, seed: int,
     for start, stop, size in ((0, cut, big + 1), (cut, len(order), big)):
         if stop > start:
             chosen = order[start:stop]
-            parts.append(tf.data.Dataset.from_tensor_slices((images[chosen], labels[chosen]))
-                         .batch(size))
+            count = (stop - start) // size
+            # Sliced a whole batch at a time: tf.data then handles `steps` elements per epoch
+            # instead of one per example (a per-example slice + batch cost ~4% of a 1-core step).
+            parts.append(tf.data.Dataset.from_tensor_slices((
+                images[chosen].reshape(count, size, *images.shape[1:]),
+                labels[chosen].reshape(count, size))))
     dataset = parts[0] if len(parts) == 1 else parts[0].concatenate(parts[1])
     # tf.data's autotuner is off: its background thread made destroying each epoch's iterator
     # wait ~4.5 s at the end of about half the fit() calls (measured on TF 2.15), i.e. a third
