@@ -95,7 +95,8 @@ def test_prepare_train_with_spark_submit_from_a_scratch_directory(wheel, tmp_pat
     assert "unknown config key 'train.epohcs'" in proc.stderr + proc.stdout, proc.stderr[-3000:]
 
 
-def _free_port():
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that was free a moment ago (for servers the tests start)."""
     import socket
 
     with socket.socket() as probe:
@@ -110,7 +111,7 @@ def standalone_cluster(tmp_path):
     import time
     import urllib.request
 
-    port, ui = _free_port(), _free_port()
+    port, ui = free_port(), free_port()
     env = dict(os.environ, SPARK_LOG_DIR=str(tmp_path), SPARK_LOCAL_IP="127.0.0.1")
     logs = tmp_path / "cluster-logs"
     logs.mkdir()
@@ -126,7 +127,7 @@ def standalone_cluster(tmp_path):
         start("master", "org.apache.spark.deploy.master.Master", "--host", "127.0.0.1",
               "--port", str(port), "--webui-port", str(ui))
         start("worker", "org.apache.spark.deploy.worker.Worker", "--host", "127.0.0.1",
-              "--cores", "2", "--memory", "4g", "--webui-port", str(_free_port()),
+              "--cores", "2", "--memory", "4g", "--webui-port", str(free_port()),
               "--work-dir", str(tmp_path / "worker"), master)
         deadline = time.time() + 120
         while True:

@@ -1,6 +1,5 @@
 """MLflow behaviour that teams rely on: failures recorded, secrets never logged, HTTP server."""
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -11,6 +10,7 @@ import pytest
 from nnfund_spark.config import load_config
 from nnfund_spark.tracking.mlflow_utils import redact
 from nnfund_spark.training.launcher import WorkerError, run_training
+from tests.test_spark_submit import free_port
 
 SECRET = "SuperSecret-123"
 
@@ -49,15 +49,9 @@ def test_failed_job_leaves_a_failed_run_with_the_error(spark, small_mnist, tmp_p
     assert run.data.tags["error"].startswith("WorkerError: training failed on 2 rank(s)")
 
 
-def _free_port():
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.fixture
 def mlflow_server(tmp_path):
-    port = _free_port()
+    port = free_port()
     log = open(tmp_path / "server.log", "w")
     proc = subprocess.Popen(
         [os.path.join(os.path.dirname(sys.executable), "mlflow"), "server", "--host", "127.0.0.1",
