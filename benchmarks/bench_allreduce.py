@@ -10,7 +10,7 @@ a ``tf.function`` (the way gradients go through ``hvd.DistributedOptimizer``), t
 gradient tensors of the ``convnet`` model (dense 128, the mnist_fast preset) in one call.
 Rank 0 prints milliseconds per allreduce. Not a test: the figures depend on the machine.
 
-A training step of the MNIST convnet at batch 64 computes for about 16-18 ms on one core; the
+A training step of the MNIST convnet at batch 64 computes for about 13-18 ms on one core; the
 allreduce latency printed here, paid once per step, is the scaling cost the benchmark's row 3
 measures, and what ``train.backward_passes_per_step`` divides.
 """

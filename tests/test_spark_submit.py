@@ -115,12 +115,12 @@ def standalone_cluster(tmp_path):
     env = dict(os.environ, SPARK_LOG_DIR=str(tmp_path), SPARK_LOCAL_IP="127.0.0.1")
     logs = tmp_path / "cluster-logs"
     logs.mkdir()
-    processes = []
+    processes, log_files = [], []
 
     def start(name, *args):
-        log = open(logs / f"{name}.log", "w")
+        log_files.append(open(logs / f"{name}.log", "w"))
         processes.append(subprocess.Popen([str(BIN / "spark-class"), *args], env=env,
-                                          stdout=log, stderr=subprocess.STDOUT))
+                                          stdout=log_files[-1], stderr=subprocess.STDOUT))
 
     master = f"spark://127.0.0.1:{port}"
     try:
@@ -150,6 +150,8 @@ def standalone_cluster(tmp_path):
                 process.wait(timeout=30)
             except subprocess.TimeoutExpired:
                 process.kill()
+        for log in log_files:
+            log.close()
 
 
 def test_train_on_a_standalone_cluster_in_client_mode(standalone_cluster, wheel, small_mnist,

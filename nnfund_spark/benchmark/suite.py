@@ -266,8 +266,7 @@ def _throughput(runner: Runner, plan: BenchmarkPlan, dataset: Path) -> dict:
             for name in rounds[0]["runs"]}
     # The ceiling pair counts as one contender: its best round is the one with more images/s.
     pair = max((each["pair"] for each in rounds),
-               key=lambda two: sum(run["train_images"] / _steady_of(run) for run in two)
-               if two else 0.0)
+               key=lambda two: sum(run["train_images"] / _steady_of(run) for run in two))
     figures = throughput_figures(runs, plan.throughput_epochs, pair)
     figures["rounds"] = plan.throughput_rounds
     return figures
@@ -326,17 +325,15 @@ def throughput_figures(runs: dict, epochs: int, pair: list | None = None) -> dic
     ``pair``: two plain runs that ran at once on two cores (the 2-worker hardware ceiling)."""
     figures = {}
     for name, run in runs.items():
-        if name.startswith("plain"):
-            walls = run["epoch_seconds"][1:]
+        if "epoch_seconds" in run:  # plain Keras
             images = run["train_images"]
             first_epoch_end = run["epoch_ended_at"][0]
             read = 0.0
         else:
-            walls = _job_epoch_walls(run)
             images = sum(r["train_shard_size"] for r in run["ranks"])
             first_epoch_end = run["job_started"] + run["history"]["elapsed_seconds"][0]
             read = max(r["read_seconds"] for r in run["ranks"])
-        steady = _steady(walls)
+        steady = _steady_of(run)
         figures[name] = {
             "images": images, "epochs": epochs, "steady_epoch_seconds": steady,
             "images_per_second": images / steady,
@@ -349,7 +346,7 @@ def throughput_figures(runs: dict, epochs: int, pair: list | None = None) -> dic
                        figures["ours_2_ranks_1_core_each"])
     ceiling = together = None
     if pair:
-        together = sum(run["train_images"] / _steady(run["epoch_seconds"][1:]) for run in pair)
+        together = sum(run["train_images"] / _steady_of(run) for run in pair)
         ceiling = together / plain["images_per_second"]
     accumulated = None
     if "ours_2_ranks_accumulate" in figures:
