@@ -58,7 +58,11 @@ setup(
         "gpu": ["tensorflow>=2.12,<2.16"],
         # Spark clusters and Databricks runtimes provide PySpark; plain machines get it here.
         "spark": ["pyspark>=3.3,<4"],
-        "test": ["pytest>=7", "databricks-sdk>=0.20,<1"],
+        # Datasets on S3 (s3:// and s3a:// URIs); gs:// needs gcsfs, abfss:// adlfs instead.
+        "s3": ["s3fs>=2023.1"],
+        # moto stands in for S3 in the tests; its server runs on Flask.
+        "test": ["pytest>=7", "databricks-sdk>=0.20,<1", "s3fs>=2023.1", "moto[s3]>=5",
+                 "flask", "flask-cors"],
     },
     entry_points={
         "console_scripts": [

@@ -170,7 +170,8 @@ def test_missing_dataset_or_split_is_named(small_mnist, tmp_path):
                        match="split 'tset' not found .* available: test, train, validation"):
         resolve_split(str(out), "tset")
     root, split, split_dir, _ = resolve_split(str(out / "validation"), "test")
-    assert (root, split, split_dir) == (out.resolve(), "validation", (out / "validation").resolve())
+    assert (root.path, split, split_dir.path) == (str(out.resolve()), "validation",
+                                                  str((out / "validation").resolve()))
 
 
 def test_output_over_the_dataset_is_refused(spark, small_mnist, tiny_model):

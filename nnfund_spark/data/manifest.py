@@ -7,8 +7,6 @@ import datetime as dt
 import hashlib
 import json
 import warnings
-from pathlib import Path
-
 import numpy as np
 
 from nnfund_spark import __version__
@@ -57,19 +55,25 @@ def build_manifest(config, source: dict, class_names: list, image_shape: list, s
     }
 
 
-def write_manifest(directory: Path, manifest: dict) -> None:
-    (directory / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
+def write_manifest(directory, manifest: dict) -> None:
+    """Write manifest.json into `directory` (a storage.Location, a path or a URI)."""
+    from nnfund_spark.data.storage import Location, resolve
+    directory = directory if isinstance(directory, Location) else resolve(directory)
+    directory.child(MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
 
 
-def read_manifest(dataset_dir: str | Path) -> dict:
-    from nnfund_spark.data.storage import local_path
-    path = local_path(dataset_dir) / MANIFEST
+def read_manifest(dataset_dir) -> dict:
+    """The manifest of a prepared dataset (a storage.Location, a path or a URI). A directory
+    without one is not a dataset, or one whose commit was interrupted."""
+    from nnfund_spark.data.storage import Location, resolve
+    root = dataset_dir if isinstance(dataset_dir, Location) else resolve(dataset_dir)
+    path = root.child(MANIFEST)
     if not path.is_file():
-        raise FileNotFoundError(f"no {MANIFEST} in {dataset_dir}: is it a dataset written by "
-                                f"'nnfund-spark prepare'?")
+        raise FileNotFoundError(f"no {MANIFEST} in {root.display}: is it a dataset written by "
+                                f"'nnfund-spark prepare' (and did that run finish)?")
     manifest = json.loads(path.read_text())
     if manifest.get("schema_version", 0) > SCHEMA_VERSION:
-        raise ValueError(f"{path}: schema version {manifest['schema_version']} is newer than this "
+        raise ValueError(f"{path.display}: schema version {manifest['schema_version']} is newer than this "
                          f"nnfund_spark understands ({SCHEMA_VERSION}); upgrade nnfund_spark")
     return manifest
 
@@ -89,19 +93,33 @@ def log_manifest_to_mlflow(manifest: dict, dataset_uri: str | None = None,
     input (name, digest, source) that the MLflow UI shows on the run. Returns False, logging
     nothing, when no run is active (prepare runs on its own outside any run)."""
     import mlflow
-    from mlflow.data.dataset_source_registry import resolve_dataset_source
     from mlflow.data.meta_dataset import MetaDataset
 
     if mlflow.active_run() is None:
         return False
     mlflow.log_dict(manifest, "dataset/manifest.json")
     uri = dataset_uri or manifest["source"].get("raw_dir") or manifest["source"]["name"]
-    with warnings.catch_warnings():
-        # MLflow registers its local-path source class twice and warns that a path matches
-        # "both"; it then picks that class, which is the right one.
-        warnings.filterwarnings("ignore", message=".*can be interpreted in multiple ways.*")
-        source = resolve_dataset_source(uri)
+    source = _dataset_source(uri)
     dataset = MetaDataset(source=source, name=manifest["source"]["name"],
                           digest=manifest_digest(manifest))
     mlflow.log_input(dataset, context=context)
     return True
+
+
+def _dataset_source(uri: str):
+    """MLflow's source for a dataset URI; schemes MLflow has no resolver for (s3a://, abfss://,
+    ...) become a Spark dataset source with that path, which is how Spark reads it."""
+    from mlflow.data.dataset_source_registry import resolve_dataset_source
+    from mlflow.data.spark_dataset_source import SparkDatasetSource
+    from mlflow.exceptions import MlflowException
+
+    with warnings.catch_warnings():
+        # MLflow registers its local-path source class twice and warns that a path matches
+        # "both"; it then picks that class, which is the right one.
+        warnings.filterwarnings("ignore", message=".*can be interpreted in multiple ways.*")
+        try:
+            return resolve_dataset_source(uri)
+        except MlflowException:
+            if "://" not in uri:
+                raise
+            return SparkDatasetSource(path=uri)

@@ -13,11 +13,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import shutil
-import uuid
-from pathlib import Path
-
-from nnfund_spark.data.storage import local_path
 
 import numpy as np
 
@@ -29,6 +24,7 @@ from nnfund_spark.data.manifest import (MANIFEST, build_manifest, log_manifest_t
                                         read_manifest, split_entry, write_manifest)
 from nnfund_spark.data.schema import image_schema
 from nnfund_spark.data.splits import make_splits, stratified_split
+from nnfund_spark.data.storage import Location, commit, resolve, staging_for
 from nnfund_spark.data.writer import write_array_splits
 
 log = logging.getLogger(__name__)
@@ -44,32 +40,25 @@ class OutputExistsError(FileExistsError):
 
 
 @contextlib.contextmanager
-def atomic_output(output: Path, overwrite: bool):
-    """Yield a hidden staging directory; on success it replaces `output`, on any error it is
-    removed and `output` (if it existed) is untouched."""
+def atomic_output(output: Location, overwrite: bool):
+    """Yield a hidden staging directory; on success it replaces `output` (storage.commit), on
+    any error it is removed and `output` (if it existed) is untouched."""
     if output.exists() and not overwrite:
-        raise OutputExistsError(f"output already exists: {output} (pass --overwrite or set "
+        raise OutputExistsError(f"output already exists: {output.display} (pass --overwrite or set "
                                 f"data.overwrite=true to replace it)")
-    output.parent.mkdir(parents=True, exist_ok=True)
-    staging = output.parent / f".{output.name}.tmp-{uuid.uuid4().hex[:8]}"
-    staging.mkdir()
+    staging = staging_for(output)
+    staging.makedirs()
     try:
         yield staging
-        if output.exists():  # only reachable with overwrite=True
-            trash = output.parent / f".{output.name}.old-{uuid.uuid4().hex[:8]}"
-            output.rename(trash)
-            staging.rename(output)
-            shutil.rmtree(trash)
-        else:
-            staging.rename(output)
+        commit(staging, output, last=MANIFEST)
     finally:
         if staging.exists():
-            shutil.rmtree(staging)
+            staging.remove_tree()
 
 
 def prepare_dataset(spark, config: DataConfig) -> dict:
     """Prepare config.source into config.output_dir; return the manifest that was written."""
-    output = local_path(config.output_dir)
+    output = resolve(config.output_dir)
     if config.source == "image_folder":
         from nnfund_spark.data.sources.image_folder import prepare_image_folder as run
     else:
@@ -83,7 +72,7 @@ def prepare_dataset(spark, config: DataConfig) -> dict:
         log.info("wrote %s: %d examples in %d files", split, info["count"], info["files"])
     if manifest["skipped"]["count"]:
         log.warning("skipped %d bad input items (listed in %s): %s", manifest["skipped"]["count"],
-                    output / MANIFEST, manifest["skipped"]["by_reason"])
+                    output.child(MANIFEST).display, manifest["skipped"]["by_reason"])
     return manifest
 
 
@@ -127,7 +116,7 @@ def split_arrays(config: DataConfig) -> dict:
             for split, (indices, images, labels) in plan.items()}
 
 
-def _prepare_arrays(spark, config: DataConfig, staging: Path) -> dict:
+def _prepare_arrays(spark, config: DataConfig, staging: Location) -> dict:
     """IDX / CIFAR-10 / digits: load on the driver, split there, encode and write on Spark."""
     source, bad, total, plan = _array_plan(config)
     height, width, channels = plan["train"][1].shape[1:]

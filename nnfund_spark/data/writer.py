@@ -10,8 +10,9 @@ the pickled Unischema and the row groups per file, which is what Petastorm reade
 
 Petastorm's own `materialize_dataset` would run one more Spark job per split to count row
 groups and list every split twice; reading the footers of a few dozen files on the driver is
-faster and writes the same metadata. Output paths must be visible to the driver and the
-executors under the same name (local mode, NFS, /dbfs), as the atomic rename needs anyway.
+faster and writes the same metadata. Output locations are storage.Location objects: a path
+every node sees under the same name (local mode, NFS, /dbfs) or a URI on a shared filesystem
+(s3a://, hdfs://, ...); executors get the URI and open it with fsspec themselves.
 """
 from __future__ import annotations
 
@@ -19,8 +20,6 @@ import functools
 import json
 import math
 import pickle
-import shutil
-from pathlib import Path
 
 import numpy as np
 
@@ -80,25 +79,29 @@ def file_count(count: int, row_bytes: int, target_mb: int,
     return max(1, by_size, min(min_groups, count))
 
 
-def _write_chunks(schema, staging: str, chunks) -> list:
+def _write_chunks(schema, staging_uri: str, chunks) -> list:
     # Runs on the executors: encode each chunk and write it as one file with one row group.
     import pyarrow as pa
     import pyarrow.parquet as pq
 
+    from nnfund_spark.data.storage import resolve
+
+    staging = resolve(staging_uri)
     arrow_schema = row_arrow_schema(schema)
     written = []
     for split, name, indices, images, labels in chunks:
         columns = {"image": pa.array([encode_image(schema, im) for im in images], pa.binary()),
                    "index": pa.array(indices, pa.int64()), "label": pa.array(labels, pa.int32())}
         table = pa.table([columns[f.name] for f in arrow_schema], schema=arrow_schema)
-        path = Path(staging) / split / name
-        path.parent.mkdir(parents=True, exist_ok=True)
-        pq.write_table(table, path, row_group_size=max(1, len(indices)))
-        written.append(str(path))
+        folder = staging.child(split)
+        folder.makedirs()
+        with folder.child(name).open("wb") as handle:
+            pq.write_table(table, handle, row_group_size=max(1, len(indices)))
+        written.append(folder.child(name).uri)
     return written
 
 
-def write_array_splits(spark, staging: Path, schema, plan: dict, target_mb: int,
+def write_array_splits(spark, staging, schema, plan: dict, target_mb: int,
                        min_groups: int = MIN_ROW_GROUPS) -> dict:
     """Write every split of an in-memory source in ONE Spark stage.
 
@@ -117,7 +120,7 @@ def write_array_splits(spark, staging: Path, schema, plan: dict, target_mb: int,
                                labels[rows]))
     tasks = max(1, min(len(chunks), spark.sparkContext.defaultParallelism * TASKS_PER_CORE))
     groups = [chunks[i::tasks] for i in range(tasks)]
-    write = functools.partial(_write_chunks, schema, str(staging))
+    write = functools.partial(_write_chunks, schema, staging.uri)
     try:
         spark.sparkContext.parallelize(groups, tasks).map(write).collect()
     except Exception as exc:  # py4j/PySpark wrap task errors in several exception types
@@ -125,63 +128,69 @@ def write_array_splits(spark, staging: Path, schema, plan: dict, target_mb: int,
     file_schema = row_arrow_schema(schema)
     stats = {}
     for split in plan:
-        (staging / split).mkdir(exist_ok=True)
-        stats[split] = finish_split(staging / split, schema, file_schema)
+        staging.child(split).makedirs()
+        stats[split] = finish_split(staging.child(split), schema, file_schema)
     return stats
 
 
-def write_frame_splits(frame, staging: Path, schema, splits: list, target_mb: int) -> dict:
+def write_frame_splits(frame, staging, schema, splits: list, target_mb: int) -> dict:
     """Write a DataFrame of rows (Unischema columns + split) partitioned by split, in one job,
     then move <staging>/.rows/split=<name> to <staging>/<name> and add Petastorm metadata."""
-    rows_dir = staging / ".rows"
+    from nnfund_spark.data.storage import commit
+
+    rows_dir = staging.child(".rows")
     try:
         (frame.write.mode("error").partitionBy(SPLIT_COLUMN)
          # Per-write Hadoop options: row groups of target_mb, no Parquet summary files
          # (Petastorm keeps its own metadata), without touching the session's config.
          .option("parquet.block.size", str(target_mb << 20))
          .option("parquet.summary.metadata.level", "NONE")
-         .parquet(rows_dir.as_uri()))
+         .parquet(rows_dir.uri))
     except Exception as exc:  # py4j/PySpark wrap executor errors in several exception types
         raise SparkWriteError(f"writing {', '.join(splits)} failed: "
                               f"{_first_line(exc)}") from exc
     stats = {}
     for split in splits:
-        target = staging / split
-        written = rows_dir / f"{SPLIT_COLUMN}={split}"
+        target = staging.child(split)
+        written = rows_dir.child(f"{SPLIT_COLUMN}={split}")
         if written.is_dir():
-            written.rename(target)
+            commit(written, target, last="_SUCCESS")
         else:  # Spark writes no directory for a split without rows
-            target.mkdir()
+            target.makedirs()
         stats[split] = finish_split(target, schema, row_arrow_schema(schema))
-    shutil.rmtree(rows_dir)
+    rows_dir.remove_tree()
     return stats
 
 
-def finish_split(split_dir: Path, schema, file_schema) -> dict:
-    """Write Petastorm's _common_metadata for one split; return its files, row groups, bytes.
+def finish_split(split_dir, schema, file_schema) -> dict:
+    """Write Petastorm's _common_metadata for one split (a storage.Location); return its files,
+    row groups, bytes.
 
     file_schema: the Arrow schema of an empty file, written when the split has no rows.
     """
     import pyarrow.parquet as pq
     from petastorm.etl.dataset_metadata import ROW_GROUPS_PER_FILE_KEY, UNISCHEMA_KEY
 
-    files = sorted(p for p in split_dir.glob("*.parquet") if not p.name.startswith((".", "_")))
+    files = [f for f in split_dir.files(".parquet") if not f.name.startswith((".", "_"))]
     if not files:
         # An empty split (e.g. validation_fraction=0) still gets a valid Parquet file with the
         # schema and no row group, so it reads as "no rows" rather than "no dataset".
-        empty = split_dir / "part-00000.parquet"
-        pq.ParquetWriter(str(empty), file_schema).close()
+        empty = split_dir.child("part-00000.parquet")
+        with empty.open("wb") as handle:
+            pq.ParquetWriter(handle, file_schema).close()
         files = [empty]
-    row_groups, size = {}, 0
-    for path in files:
-        meta = pq.read_metadata(path)
-        row_groups[path.name] = meta.num_row_groups
-        size += path.stat().st_size
-    arrow_schema = pq.read_schema(files[0])
+    row_groups, size, arrow_schema = {}, 0, None
+    for file in files:
+        with file.open("rb") as handle:
+            meta = pq.read_metadata(handle)
+        row_groups[file.name] = meta.num_row_groups
+        arrow_schema = arrow_schema or meta.schema.to_arrow_schema()
+        size += file.size()
     metadata = dict(arrow_schema.metadata or {})
     metadata[UNISCHEMA_KEY] = pickle.dumps(schema)
     metadata[ROW_GROUPS_PER_FILE_KEY] = json.dumps(row_groups).encode()
-    pq.write_metadata(arrow_schema.with_metadata(metadata), split_dir / "_common_metadata")
+    with split_dir.child("_common_metadata").open("wb") as handle:
+        pq.write_metadata(arrow_schema.with_metadata(metadata), handle)
     return {"files": len(files), "row_groups": sum(row_groups.values()), "bytes": size}
 
 

@@ -19,9 +19,8 @@ class OutputExistsError(FileExistsError):
 
 
 def _fs(spark, uri: str):
-    jvm = spark.sparkContext._jvm
-    path = jvm.org.apache.hadoop.fs.Path(uri)
-    return path.getFileSystem(spark.sparkContext._jsc.hadoopConfiguration()), path
+    from nnfund_spark.data.storage import spark_filesystem
+    return spark_filesystem(spark, uri)
 
 
 def exists(spark, uri: str) -> bool:

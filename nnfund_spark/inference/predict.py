@@ -17,10 +17,10 @@ import time
 import uuid
 from pathlib import Path
 from typing import Optional
-from urllib.parse import urlparse
 
 from nnfund_spark.config import TrackingConfig
 from nnfund_spark.data.prepare import MANIFEST, read_manifest
+from nnfund_spark.data.storage import Location, resolve, spark_filesystem
 from nnfund_spark.databricks import spark_uri
 from nnfund_spark.inference.config import PredictConfig
 from nnfund_spark.inference.model import download_model, parse_model_uri, resolve_source_run
@@ -30,35 +30,34 @@ from nnfund_spark.tracking.mlflow_utils import resolve_tracking_uri, start_job_r
 
 log = logging.getLogger(__name__)
 
-def resolve_split(dataset_dir: str, split: str) -> tuple[Path, str, Path, dict]:
-    """(dataset root, split name, split dir, manifest) for a dataset root or a split dir."""
-    given = Path(dataset_dir).expanduser()
+def resolve_split(dataset_dir: str, split: str) -> tuple[Location, str, Location, dict]:
+    """(dataset root, split name, split dir, manifest) for a dataset root or a split dir, given
+    as a path or a URI (storage.resolve)."""
+    given = resolve(dataset_dir)
     if not given.is_dir():
-        raise FileNotFoundError(f"dataset directory not found: {given}")
-    if (given / MANIFEST).is_file():
-        root, split_dir = given, given / split
-    elif (given.parent / MANIFEST).is_file():
+        raise FileNotFoundError(f"dataset directory not found: {given.display}")
+    if given.child(MANIFEST).is_file():
+        root, split_dir = given, given.child(split)
+    elif given.parent.child(MANIFEST).is_file():
         # A split directory was given: it decides the split, whatever `split` says.
         root, split, split_dir = given.parent, given.name, given
     else:
-        raise FileNotFoundError(f"no {MANIFEST} in {given} or its parent: give a dataset "
+        raise FileNotFoundError(f"no {MANIFEST} in {given.display} or its parent: give a dataset "
                                 f"written by 'nnfund-spark prepare' or one of its split dirs")
     manifest = read_manifest(root)
     if split not in manifest["splits"] or not split_dir.is_dir():
-        raise FileNotFoundError(f"split '{split}' not found in dataset {root}; available: "
-                                f"{', '.join(sorted(manifest['splits']))}")
-    return root.resolve(), split, split_dir.resolve(), manifest
+        raise FileNotFoundError(f"split '{split}' not found in dataset {root.display}; "
+                                f"available: {', '.join(sorted(manifest['splits']))}")
+    return root, split, split_dir, manifest
 
 
-def _refuse_output_over_dataset(output_uri: str, root: Path) -> None:
+def _refuse_output_over_dataset(output_uri: str, root: Location) -> None:
     """--overwrite on an output that is, contains or sits inside the dataset would destroy it."""
-    parsed = urlparse(output_uri)
-    if parsed.scheme != "file":
-        return
-    out = Path(parsed.path)
-    if out == root or root in out.parents or out in root.parents:
-        raise ValueError(f"output {out} overlaps the dataset {root}; choose a directory "
-                         f"outside the dataset")
+    output = resolve(output_uri if not output_uri.startswith("dbfs:") else
+                     "/dbfs/" + output_uri.split(":", 1)[1].lstrip("/"))
+    if output.overlaps(root):
+        raise ValueError(f"output {output.display} overlaps the dataset {root.display}; choose "
+                         f"a directory outside the dataset")
 
 
 def confusion_counts(predictions, num_classes: int):
@@ -113,6 +112,7 @@ def run_predict(spark, config: PredictConfig) -> dict:
     root, split, split_dir, manifest = resolve_split(config.dataset_dir, config.split)
     output_uri = spark_uri(config.output_dir, os.environ)
     _refuse_output_over_dataset(output_uri, root)
+    spark_filesystem(spark, spark_uri(split_dir.display, os.environ))  # Spark reads the split
     check_writable(spark, output_uri, config.overwrite)  # before any expensive work
 
     tracking_uri = resolve_tracking_uri(TrackingConfig(tracking_uri=config.tracking_uri))
@@ -125,10 +125,11 @@ def run_predict(spark, config: PredictConfig) -> dict:
     num_classes = int(manifest["num_classes"])
 
     archive = ship_model(spark, ref, tracking_uri, image_shape)
-    frame = spark.read.parquet(spark_uri(str(split_dir), os.environ))
+    split_uri = spark_uri(split_dir.display, os.environ)
+    frame = spark.read.parquet(split_uri)
     missing = {"index", "image"} - set(frame.columns)
     if missing:
-        raise ValueError(f"{split_dir} lacks column(s) {', '.join(sorted(missing))}; "
+        raise ValueError(f"{split_dir.display} lacks column(s) {', '.join(sorted(missing))}; "
                          f"found {', '.join(frame.columns)}")
     has_label = "label" in frame.columns
     frame = frame.select("index", "image", *(["label"] if has_label else []))
@@ -155,7 +156,7 @@ def run_predict(spark, config: PredictConfig) -> dict:
     accuracy = float(matrix.trace()) / count if matrix is not None and count else None
     summary = {
         "model_uri": ref.uri, "source_run_id": source_run.info.run_id if source_run else None,
-        "dataset_dir": str(root), "split": split, "output_uri": final_uri, "count": count,
+        "dataset_dir": root.display, "split": split, "output_uri": final_uri, "count": count,
         "expected_count": expected, "accuracy": accuracy,
         "confusion_matrix": matrix.tolist() if matrix is not None else None,
         "class_names": manifest["class_names"], "tracking_uri": tracking_uri,

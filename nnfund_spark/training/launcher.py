@@ -10,7 +10,7 @@ from pathlib import Path
 
 from nnfund_spark.config import JobConfig, flatten, to_dict
 from nnfund_spark.data.prepare import SPLITS, log_manifest_to_mlflow, read_manifest
-from nnfund_spark.data.storage import local_path
+from nnfund_spark.data.storage import Location, local_path, resolve
 from nnfund_spark.tracking.mlflow_utils import (redact, resolve_tracking_uri, run_tags,
                                                 start_job_run)
 
@@ -159,7 +159,7 @@ def model_kwargs(train, manifest: dict) -> dict:
     return kwargs
 
 
-def worker_settings(config: JobConfig, manifest: dict, dataset_dir: Path) -> dict:
+def worker_settings(config: JobConfig, manifest: dict, dataset_dir: Location) -> dict:
     """Plain values only: this dict is pickled to every executor."""
     train = config.train
     return {
@@ -172,7 +172,7 @@ def worker_settings(config: JobConfig, manifest: dict, dataset_dir: Path) -> dic
         "early_stopping_metric": train.early_stopping_metric,
         "log_dead_relu": train.log_dead_relu,
         # Empty splits (e.g. validation_fraction=0) are left out: Petastorm cannot open them.
-        "split_urls": {split: (dataset_dir / split).as_uri() for split in SPLITS
+        "split_urls": {split: dataset_dir.child(split).uri for split in SPLITS
                        if manifest["splits"].get(split, {}).get("count", 0) > 0},
         "manifest": {"image_shape": manifest["image_shape"],
                      "num_classes": manifest["num_classes"]},
@@ -224,6 +224,7 @@ def sample_images(split_url: str, count: int = 4):
     from nnfund_spark.data.schema import as_hwc
     images = []
     with make_reader(split_url, schema_fields=["image"], num_epochs=1, shuffle_row_groups=False,
+                     hdfs_driver="libhdfs",
                      reader_pool_type="dummy") as reader:
         for row in reader:
             images.append(row.image)
@@ -246,10 +247,10 @@ def run_training(spark, config: JobConfig, extra_settings: dict | None = None,
 
     job_started = time.time()
     start_horovod_build_check()
-    dataset_dir = local_path(config.data.output_dir)
+    dataset_dir = resolve(config.data.output_dir)
     manifest = read_manifest(dataset_dir)
     if not manifest["splits"]["train"]["count"]:
-        raise ValueError(f"{dataset_dir}: the train split is empty; nothing to train on")
+        raise ValueError(f"{dataset_dir.display}: the train split is empty; nothing to train on")
     num_proc = resolve_num_proc(spark, config.train)
     resume = resume_point(config.train)
     tracking_uri = resolve_tracking_uri(config.tracking)
@@ -267,7 +268,7 @@ def run_training(spark, config: JobConfig, extra_settings: dict | None = None,
                            "dataset.train_count": manifest["splits"]["train"]["count"]})
             mlflow.log_params({k: ("" if v is None else v) for k, v in params.items()})
             mlflow.set_tags(run_tags(spark))
-            log_manifest_to_mlflow(manifest, dataset_dir.as_uri())
+            log_manifest_to_mlflow(manifest, dataset_dir.uri)
 
         settings = worker_settings(config, manifest, dataset_dir)
         settings.update({"tracking_uri": tracking_uri, "mlflow_run_id": run.info.run_id,

@@ -25,6 +25,7 @@ def read_shard(url: str, rank: int, size: int):
     indices, images, labels = [], [], []
     # Horovod: row groups are dealt to ranks round-robin; each rank reads only its own.
     with make_reader(url, schema_fields=["index", "image", "label"], cur_shard=rank,
+                     hdfs_driver="libhdfs",
                      shard_count=size, num_epochs=1, shuffle_row_groups=False,
                      reader_pool_type="thread", workers_count=2) as reader:
         for row in reader:

@@ -24,6 +24,7 @@ from nnfund_spark.data.images import formats_for
 from nnfund_spark.data.manifest import build_manifest, split_entry
 from nnfund_spark.data.schema import image_schema
 from nnfund_spark.data.splits import make_splits
+from nnfund_spark.data.storage import spark_filesystem
 from nnfund_spark.data.writer import SPLIT_COLUMN, file_count, row_spark_schema
 
 # Enough files per decode task that task start-up (~10-50 ms) is small against decoding them.
@@ -39,9 +40,7 @@ def list_classes(spark, raw_dir: str) -> tuple[str, list[str]]:
     code lists local, HDFS, S3 or DBFS roots; fails clearly on a missing or empty root."""
     if "://" not in raw_dir and not raw_dir.startswith(("dbfs:", "file:")):
         raw_dir = str(Path(raw_dir).expanduser().resolve())
-    jvm, conf = spark.sparkContext._jvm, spark.sparkContext._jsc.hadoopConfiguration()
-    root = jvm.org.apache.hadoop.fs.Path(raw_dir)
-    fs = root.getFileSystem(conf)
+    fs, root = spark_filesystem(spark, raw_dir)
     if not fs.exists(root):
         raise DataSourceError(f"image folder not found: {raw_dir} (expected "
                               f"<root>/<class_name>/*.jpg|png)")
@@ -168,7 +167,7 @@ def _channel_rule(meta: dict, path_of: dict, color_mode: str, wanted: tuple) -> 
     return chosen, good & ~wrong, bad
 
 
-def _write(spark, decoded, members: dict, meta: dict, schema, staging: Path, target_mb: int,
+def _write(spark, decoded, members: dict, meta: dict, schema, staging, target_mb: int,
            min_groups: int):
     """One write job for all splits; each split's file count is computed from its byte size."""
     from pyspark.sql import DataFrame
@@ -199,7 +198,7 @@ def _write(spark, decoded, members: dict, meta: dict, schema, staging: Path, tar
                               list(members), target_mb)
 
 
-def prepare_image_folder(spark, config, staging: Path) -> dict:
+def prepare_image_folder(spark, config, staging) -> dict:
     from pyspark import StorageLevel
     from pyspark.sql import functions as F
 
@@ -207,6 +206,7 @@ def prepare_image_folder(spark, config, staging: Path) -> dict:
         formats = formats_for(config.extensions)
     except ValueError as exc:
         raise DataSourceError(str(exc)) from exc
+    spark_filesystem(spark, staging.uri)  # Spark's Parquet writer writes the splits there
     root, classes = list_classes(spark, config.raw_dir)
     files, candidates, bad = list_files(spark, root, classes, config)
     total = len(candidates) + len(bad)
