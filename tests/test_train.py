@@ -115,3 +115,32 @@ def test_too_few_slots_fails_fast(spark, small_mnist):
     with pytest.raises(ClusterTooSmallError) as err:
         run_training(spark, config)
     assert "needs 3 concurrent Spark task slots but the cluster offers 2" in str(err.value)
+
+
+def test_a_needed_split_that_is_empty_is_refused_before_any_rank_starts(spark, mnist_raw_dir,
+                                                                         tmp_path):
+    from mlflow.tracking import MlflowClient
+
+    from nnfund_spark.config import DataConfig
+    from nnfund_spark.data.prepare import prepare_dataset
+
+    out = tmp_path / "no_validation"
+    prepare_dataset(spark, DataConfig(raw_dir=str(mnist_raw_dir), output_dir=str(out),
+                                      limit=300, validation_fraction=0.0))
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    base = [f"data.output_dir={out}", f"tracking.tracking_uri={uri}"]
+    cases = {
+        ("train.target_accuracy=0.9",): "checked on the validation split, which is empty",
+        ("train.early_stopping_patience=2",): "watches val_loss, but the validation split",
+    }
+    for overrides, message in cases.items():
+        with pytest.raises(ValueError, match=message):
+            run_training(spark, load_config(None, base + list(overrides)))
+    # Refused before a run was opened: nothing in the tracking store.
+    assert not MlflowClient(uri).search_runs(
+        [e.experiment_id for e in MlflowClient(uri).search_experiments()])
+    # The same dataset trains when the target is on the test split (checked, not launched here).
+    from nnfund_spark.data.manifest import read_manifest
+    from nnfund_spark.training.launcher import check_splits_for
+    config = load_config(None, base + ["train.target_accuracy=0.9", "train.target_split=test"])
+    check_splits_for(config.train, read_manifest(out), str(out))

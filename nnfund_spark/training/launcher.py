@@ -159,6 +159,26 @@ def model_kwargs(train, manifest: dict) -> dict:
     return kwargs
 
 
+def check_splits_for(train, manifest: dict, dataset: str) -> None:
+    """Refuse, on the driver and before any rank starts, a config that needs a split the
+    prepared dataset has empty: early stopping would silently never stop without validation
+    metrics, and the target would be checked against nothing."""
+    def empty(split):
+        return not manifest["splits"].get(split, {}).get("count", 0)
+
+    if empty("train"):
+        raise ValueError(f"{dataset}: the train split is empty; nothing to train on")
+    if train.target_accuracy is not None and empty(train.target_split):
+        raise ValueError(f"train.target_accuracy={train.target_accuracy} is checked on the "
+                         f"{train.target_split} split, which is empty in {dataset}; set "
+                         f"train.target_split to a non-empty split or re-prepare with it")
+    if train.early_stopping_patience and empty("validation"):
+        raise ValueError(f"train.early_stopping_patience={train.early_stopping_patience} "
+                         f"watches {train.early_stopping_metric}, but the validation split of "
+                         f"{dataset} is empty; re-prepare with data.validation_fraction > 0 or "
+                         f"set train.early_stopping_patience=0")
+
+
 def worker_settings(config: JobConfig, manifest: dict, dataset_dir: Location) -> dict:
     """Plain values only: this dict is pickled to every executor."""
     train = config.train
@@ -249,8 +269,7 @@ def run_training(spark, config: JobConfig, extra_settings: dict | None = None,
     start_horovod_build_check()
     dataset_dir = resolve(config.data.output_dir)
     manifest = read_manifest(dataset_dir)
-    if not manifest["splits"]["train"]["count"]:
-        raise ValueError(f"{dataset_dir.display}: the train split is empty; nothing to train on")
+    check_splits_for(config.train, manifest, dataset_dir.display)
     num_proc = resolve_num_proc(spark, config.train)
     resume = resume_point(config.train)
     tracking_uri = resolve_tracking_uri(config.tracking)
