@@ -71,6 +71,26 @@ def test_killed_worker_fails_fast_then_resume_continues_the_same_run(spark, smal
     assert summary["test_accuracy"] > 0.8
     with pytest.raises(ValueError, match="already holds all 3 epochs"):
         run_training(spark, config)
+    # More epochs, but a target the finished epochs already met: nothing to resume.
+    config.train.epochs, config.train.target_accuracy = 5, 0.5
+    first = next(i + 1 for i, v in enumerate(summary["history"]["val_accuracy"]) if v >= 0.5)
+    with pytest.raises(ValueError, match=f"reached train.target_accuracy=0.5 \\(val_accuracy\\) "
+                                         f"at epoch {first}"):
+        run_training(spark, config)
+
+
+def test_resume_refuses_a_run_that_early_stopping_ended(tmp_path):
+    from nnfund_spark.config import load_config
+    from nnfund_spark.training.launcher import _refuse_finished_by_history
+
+    train = load_config(None, ["train.early_stopping_patience=2", "train.epochs=9",
+                               f"train.checkpoint_dir={tmp_path}"]).train
+    improving = {"history": {"val_loss": [0.9, 0.5, 0.4, 0.3]}}
+    _refuse_finished_by_history(train, improving)  # still improving: resumable
+    stalled = {"history": {"val_loss": [0.9, 0.5, 0.6, 0.7]}}
+    with pytest.raises(ValueError, match="early stopping already ended the run "
+                                         r"\(val_loss has not improved for 2 epochs\)"):
+        _refuse_finished_by_history(train, stalled)
 
 
 def test_each_rank_pins_the_gpu_spark_assigned(small_mnist, tmp_path):

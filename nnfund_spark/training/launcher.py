@@ -139,12 +139,33 @@ def resume_point(train) -> dict | None:
         if meta["epoch"] >= train.epochs:
             raise ValueError(f"{train.checkpoint_dir} already holds all {meta['epoch']} epochs "
                              f"(train.epochs={train.epochs}); raise train.epochs to train further")
+        _refuse_finished_by_history(train, meta)
         return meta
     if meta is not None:
         raise ValueError(f"{train.checkpoint_dir} already holds checkpoints of an earlier run "
                          f"(MLflow run {meta['mlflow_run_id']}, {meta['epoch']} epochs done); set "
                          f"train.resume=true to continue it, or choose an empty directory")
     return None
+
+
+def _refuse_finished_by_history(train, meta: dict) -> None:
+    """A checkpointed run that already met its target or its early-stopping rule ended there;
+    resuming it would train past the point where this config says to stop."""
+    from nnfund_spark.training.callbacks import EarlyStopper
+
+    history = meta.get("history") or {}
+    if train.target_accuracy is not None:
+        key = {"validation": "val_accuracy", "test": "test_accuracy"}[train.target_split]
+        reached = [i + 1 for i, v in enumerate(history.get(key, [])) if v >= train.target_accuracy]
+        if reached:
+            raise ValueError(f"{train.checkpoint_dir}: the run reached train.target_accuracy="
+                             f"{train.target_accuracy} ({key}) at epoch {reached[0]}; nothing to "
+                             f"resume (raise the target or unset it to train further)")
+    stopper = EarlyStopper(train.early_stopping_metric, train.early_stopping_patience)
+    if stopper.should_stop(history):
+        raise ValueError(f"{train.checkpoint_dir}: early stopping already ended the run "
+                         f"({train.early_stopping_metric} has not improved for "
+                         f"{train.early_stopping_patience} epochs); nothing to resume")
 
 
 def model_kwargs(train, manifest: dict) -> dict:
