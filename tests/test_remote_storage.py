@@ -69,6 +69,14 @@ def test_locations_resolve_or_are_refused_by_name(tmp_path, monkeypatch):
         local_path("s3a://bucket/ck")
 
 
+def test_hdfs_without_hadoop_on_the_node_says_what_it_needs(monkeypatch):
+    # No Hadoop installation (hence no libhdfs) on these machines.
+    monkeypatch.delenv("HADOOP_HOME", raising=False)
+    with pytest.raises(StorageError, match=r"'hdfs://namenode:8020/data/mnist': hdfs:// goes "
+                                           r"through pyarrow's libhdfs.*HADOOP_HOME"):
+        resolve("hdfs://namenode:8020/data/mnist")
+
+
 def _stage(location, files: dict):
     for name, text in files.items():
         location.child(*name.split("/")).write_text(text)

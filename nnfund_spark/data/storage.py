@@ -159,6 +159,13 @@ def _remote(text: str, scheme: str) -> Location:
     except ValueError as exc:
         raise StorageError(f"dataset location '{text}': unknown scheme {scheme}://; use "
                            f"{', '.join(ACCEPTED)}") from exc
+    except OSError as exc:  # pyarrow's HDFS client: no JVM or no libhdfs on this node
+        if scheme not in ("hdfs", "viewfs"):
+            raise
+        raise StorageError(f"dataset location '{text}': {scheme}:// goes through pyarrow's "
+                           f"libhdfs, which needs a JVM and Hadoop on every node: set "
+                           f"JAVA_HOME, HADOOP_HOME and CLASSPATH=$(hadoop classpath --glob) "
+                           f"({exc})") from exc
     path = path.rstrip("/")
     if "/" not in path.strip("/") and scheme not in ("hdfs", "viewfs", "memory"):
         raise StorageError(f"dataset location '{text}' is a bucket root; give a prefix inside "
