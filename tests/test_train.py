@@ -14,7 +14,14 @@ def trained(spark, small_mnist, tmp_path_factory):
         f"data.output_dir={out}", "train.num_proc=2", "train.epochs=2", "train.batch_size=32",
         f"tracking.tracking_uri=sqlite:///{tracking}/mlflow.db", "tracking.experiment=test_train",
     ])
+    import tempfile
+    from pathlib import Path
+
+    scratch = Path(tempfile.gettempdir())
+    before = set(scratch.glob("nnfund-tensorboard-*"))
     summary = run_training(spark, config, extra_settings={"return_shard_indices": True})
+    # Rank 0's TensorBoard files went to MLflow (checked below); the local copy is gone.
+    assert set(scratch.glob("nnfund-tensorboard-*")) <= before
     return config, manifest, summary
 
 

@@ -118,6 +118,8 @@ def train_worker(settings: dict) -> dict:
 
 
 def _train(settings: dict) -> dict:
+    import atexit
+    import shutil
     import tempfile
 
     import numpy as np
@@ -233,6 +235,8 @@ def _train(settings: dict) -> dict:
                                      settings.get("job_started")))
         if settings.get("mlflow_run_id"):
             tensorboard_dir = tempfile.mkdtemp(prefix="nnfund-tensorboard-")
+            # Removed once uploaded; this covers a rank that fails before that.
+            atexit.register(shutil.rmtree, tensorboard_dir, True)
             callbacks.append(tf.keras.callbacks.TensorBoard(tensorboard_dir, profile_batch=0))
             callbacks.append(MlflowEpochLogger(settings["tracking_uri"], settings["mlflow_run_id"]))
 
@@ -275,6 +279,7 @@ def _train(settings: dict) -> dict:
         from mlflow.tracking import MlflowClient
         MlflowClient(settings["tracking_uri"]).log_artifacts(
             settings["mlflow_run_id"], tensorboard_dir, "tensorboard")
+        shutil.rmtree(tensorboard_dir)
 
     result = {
         "rank": rank,
