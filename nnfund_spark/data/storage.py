@@ -115,8 +115,9 @@ class Location:
         """Files directly inside this directory whose names end with `suffix`, sorted."""
         if not self.fs.exists(self.path):
             return []
-        names = sorted(posixpath.basename(p.rstrip("/")) for p in
-                       self.fs.ls(self.path, detail=False) if self.fs.isfile(p))
+        names = sorted(posixpath.basename(entry["name"].rstrip("/"))
+                       for entry in self.fs.ls(self.path, detail=True)
+                       if entry["type"] == "file")
         return [self.child(n) for n in names if n.endswith(suffix)]
 
     def size(self) -> int:
