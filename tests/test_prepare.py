@@ -128,7 +128,8 @@ def test_same_seed_same_membership_different_seed_differs(spark, mnist_raw_dir, 
 
 
 def test_existing_output_is_kept_unless_overwrite(spark, mnist_raw_dir, tmp_path):
-    out = tmp_path / "ds"
+    # A space in a parent: executors get the location percent-encoded in a file:// URI.
+    out = tmp_path / "my data" / "ds"
     config = DataConfig(raw_dir=str(mnist_raw_dir), output_dir=str(out), limit=300)
     first = prepare_dataset(spark, config)
     with pytest.raises(OutputExistsError, match="pass --overwrite"):
@@ -138,7 +139,8 @@ def test_existing_output_is_kept_unless_overwrite(spark, mnist_raw_dir, tmp_path
     assert second["split_seed"] == 5
     assert json.loads((out / "manifest.json").read_text())["split_seed"] == 5
     assert first["created_at"] <= second["created_at"]
-    assert [p.name for p in tmp_path.iterdir()] == ["ds"]  # no staging or backup left
+    assert [p.name for p in tmp_path.iterdir()] == ["my data"]  # nothing written elsewhere
+    assert [p.name for p in out.parent.iterdir()] == ["ds"]  # no staging or backup left
 
 
 def test_failure_mid_write_leaves_nothing(spark, mnist_raw_dir, tmp_path, monkeypatch):

@@ -51,6 +51,9 @@ def test_locations_resolve_or_are_refused_by_name(tmp_path, monkeypatch):
     local = resolve("ds/mnist")
     assert local.is_local and local.path == str(tmp_path.resolve() / "ds" / "mnist")
     assert resolve(local.uri).path == local.path  # file:// round trip
+    spaced = resolve("with space/ds").child("a b")
+    assert "%20" in spaced.uri and resolve(spaced.uri).path == spaced.path
+    assert spaced.parent.path == str(tmp_path.resolve() / "with space" / "ds")
     assert resolve("dbfs:/tmp/ds").path == "/dbfs/tmp/ds"
     remote = resolve("s3a://bucket/datasets/mnist/")
     assert (remote.is_local, remote.path, remote.uri) == (False, "bucket/datasets/mnist",

@@ -22,7 +22,7 @@ import shutil
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import urlparse
+from urllib.parse import unquote, urlparse
 
 ACCEPTED = ("a local path", "a file:// URI", "a shared mount such as /dbfs/... or NFS",
             "an fsspec URI such as s3a://bucket/prefix, gs://..., hdfs://namenode/path")
@@ -57,13 +57,17 @@ class Location:
         return posixpath.basename(self.path.rstrip("/"))
 
     def child(self, *names: str) -> "Location":
-        return Location(self.fs, posixpath.join(self.path, *names),
-                        "/".join([self.uri.rstrip("/"), *names]))
+        path = posixpath.join(self.path, *names)
+        if self.is_local:  # a percent-encoded file:// URI, as Spark and resolve() expect
+            return Location(self.fs, path, Path(path).as_uri())
+        return Location(self.fs, path, "/".join([self.uri.rstrip("/"), *names]))
 
     @property
     def parent(self) -> "Location":
-        return Location(self.fs, posixpath.dirname(self.path.rstrip("/")),
-                        self.uri.rstrip("/").rsplit("/", 1)[0])
+        path = posixpath.dirname(self.path.rstrip("/"))
+        if self.is_local:
+            return Location(self.fs, path, Path(path).as_uri())
+        return Location(self.fs, path, self.uri.rstrip("/").rsplit("/", 1)[0])
 
     def sibling(self, name: str) -> "Location":
         return self.parent.child(name)
@@ -138,7 +142,7 @@ def resolve(location: str | Path) -> Location:
         raise StorageError(f"empty dataset location; use {', '.join(ACCEPTED)}")
     scheme = urlparse(text).scheme
     if scheme == "file":
-        text = urlparse(text).path
+        text = unquote(urlparse(text).path)
     elif scheme == "dbfs":  # Databricks mounts DBFS (and /Volumes) at /dbfs on every node
         text = "/dbfs/" + text.split(":", 1)[1].lstrip("/")
     elif scheme and len(scheme) > 1:  # (one letter is a Windows drive, not a scheme)
