@@ -43,3 +43,23 @@ def test_dataset_yields_exactly_steps_batches_with_every_label_once():
     first_x, first_y = batches[0]
     # images travel with their labels
     np.testing.assert_array_equal(first_x.numpy()[:, 0, 0, 0], (first_y.numpy() * 4) % 256)
+
+
+def test_ranks_read_a_dataset_whose_path_has_a_space(small_mnist, tmp_path):
+    """The split URLs the launcher hands the ranks open with Petastorm even when a directory
+    on the way has a space (Petastorm does not decode %20 in file:// URLs)."""
+    import shutil
+
+    from nnfund_spark.config import load_config
+    from nnfund_spark.data.storage import resolve
+    from nnfund_spark.training.launcher import worker_settings
+    from nnfund_spark.training.pipeline import read_shard
+
+    out, manifest = small_mnist
+    spaced = tmp_path / "my data" / "mnist"
+    shutil.copytree(out, spaced)
+    config = load_config(None, [f"data.output_dir={spaced}"])
+    urls = worker_settings(config, manifest, resolve(spaced))["split_urls"]
+    counts = {split: sum(len(read_shard(url, rank, 2)[0]) for rank in (0, 1))
+              for split, url in urls.items()}
+    assert counts == {split: manifest["splits"][split]["count"] for split in urls}

@@ -213,7 +213,7 @@ def worker_settings(config: JobConfig, manifest: dict, dataset_dir: Location) ->
         "early_stopping_metric": train.early_stopping_metric,
         "log_dead_relu": train.log_dead_relu,
         # Empty splits (e.g. validation_fraction=0) are left out: Petastorm cannot open them.
-        "split_urls": {split: dataset_dir.child(split).uri for split in SPLITS
+        "split_urls": {split: dataset_dir.child(split).petastorm_url for split in SPLITS
                        if manifest["splits"].get(split, {}).get("count", 0) > 0},
         "manifest": {"image_shape": manifest["image_shape"],
                      "num_classes": manifest["num_classes"]},
