@@ -85,23 +85,32 @@ def _stage(location, files: dict):
         location.child(*name.split("/")).write_text(text)
 
 
+def _watch_copies(monkeypatch, fs, fail_at: int = 0) -> list:
+    """Record the targets of fs.copy (s3fs binds its sync methods per instance, so the instance
+    is patched); with fail_at=n the n-th copy raises instead, like a dropped connection."""
+    original, copied = fs.copy, []
+
+    def copy(source, target, **kwargs):
+        copied.append(target)
+        if len(copied) == fail_at:
+            raise OSError("connection reset")
+        return original(source, target, **kwargs)
+
+    monkeypatch.setattr(fs, "copy", copy)
+    return copied
+
+
 def test_commit_on_an_object_store_replaces_the_old_dataset_manifest_last(s3_env, monkeypatch):
     final = resolve(f"s3a://{BUCKET}/commit/ds")
     _stage(final, {MANIFEST: '{"schema_version": 1, "old": true}', "train/old.parquet": "o"})
     staging = staging_for(final)
     _stage(staging, {MANIFEST: '{"schema_version": 1, "new": true}', "train/a.parquet": "a",
                      "test/b.parquet": "b"})
-    copied = []
-    original = final.fs.copy  # s3fs binds its sync methods per instance
-
-    def recording_copy(source, target, **kwargs):
-        copied.append(target.rsplit("/", 1)[-1])
-        return original(source, target, **kwargs)
-
-    monkeypatch.setattr(final.fs, "copy", recording_copy)
+    copied = _watch_copies(monkeypatch, final.fs)
     commit(staging, final, last=MANIFEST)
-    assert copied[-1] == MANIFEST and sorted(copied) == sorted([MANIFEST, "a.parquet",
-                                                                "b.parquet"])
+    names = [target.rsplit("/", 1)[-1] for target in copied]
+    assert names[-1] == MANIFEST and sorted(names) == sorted([MANIFEST, "a.parquet",
+                                                              "b.parquet"])
     assert json.loads(final.child(MANIFEST).read_text())["new"]
     assert sorted(f.name for f in final.child("train").files()) == ["a.parquet"]
     assert not staging.exists()
@@ -113,15 +122,7 @@ def test_an_interrupted_commit_leaves_no_valid_dataset(s3_env, monkeypatch):
     staging = staging_for(final)
     _stage(staging, {MANIFEST: '{"schema_version": 1}', "train/a.parquet": "a",
                      "train/b.parquet": "b"})
-    original, calls = final.fs.copy, []
-
-    def failing_copy(source, target, **kwargs):
-        calls.append(target)
-        if len(calls) == 2:
-            raise OSError("connection reset")
-        return original(source, target, **kwargs)
-
-    monkeypatch.setattr(final.fs, "copy", failing_copy)
+    _watch_copies(monkeypatch, final.fs, fail_at=2)
     with pytest.raises(OSError, match="connection reset"):
         commit(staging, final, last=MANIFEST)
     with pytest.raises(FileNotFoundError, match="no manifest.json in s3a://.*did that run finish"):

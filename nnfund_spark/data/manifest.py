@@ -57,16 +57,15 @@ def build_manifest(config, source: dict, class_names: list, image_shape: list, s
 
 def write_manifest(directory, manifest: dict) -> None:
     """Write manifest.json into `directory` (a storage.Location, a path or a URI)."""
-    from nnfund_spark.data.storage import Location, resolve
-    directory = directory if isinstance(directory, Location) else resolve(directory)
-    directory.child(MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
+    from nnfund_spark.data.storage import resolve
+    resolve(directory).child(MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
 
 
 def read_manifest(dataset_dir) -> dict:
     """The manifest of a prepared dataset (a storage.Location, a path or a URI). A directory
     without one is not a dataset, or one whose commit was interrupted."""
-    from nnfund_spark.data.storage import Location, resolve
-    root = dataset_dir if isinstance(dataset_dir, Location) else resolve(dataset_dir)
+    from nnfund_spark.data.storage import resolve
+    root = resolve(dataset_dir)
     path = root.child(MANIFEST)
     if not path.is_file():
         raise FileNotFoundError(f"no {MANIFEST} in {root.display}: is it a dataset written by "

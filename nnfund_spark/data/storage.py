@@ -80,15 +80,8 @@ class Location:
 
     def overlaps(self, other: "Location") -> bool:
         """True when one of the two is, contains or lies inside the other."""
-        if urlparse(self.uri).scheme != urlparse(other.uri).scheme:
-            return False
         a, b = self.uri.rstrip("/") + "/", other.uri.rstrip("/") + "/"
         return a.startswith(b) or b.startswith(a)
-
-    def local_path(self) -> Path:
-        if not self.is_local:
-            raise StorageError(f"{self.uri} is not a local path")
-        return Path(self.path)
 
     def exists(self) -> bool:
         return bool(self.fs.exists(self.path))
@@ -137,12 +130,15 @@ class Location:
         return self.fs.open(self.path, mode)
 
 
-def resolve(location: str | Path) -> Location:
-    """The Location for a dataset path or URI (see the module docstring for what is accepted).
+def resolve(location: "str | Path | Location") -> Location:
+    """The Location for a dataset path or URI (see the module docstring for what is accepted);
+    a Location is returned as it is.
 
     Local paths resolve to absolute ones (file:// URIs for Spark); dbfs:/x maps to the /dbfs/x
     FUSE mount every Databricks node has; any other scheme goes to fsspec.
     """
+    if isinstance(location, Location):
+        return location
     text = str(location).strip()
     if not text:
         raise StorageError(f"empty dataset location; use {', '.join(ACCEPTED)}")
@@ -192,7 +188,7 @@ def local_path(location: str | Path) -> Path:
         raise StorageError(f"'{location}' must be a local path, a file:// URI or a shared "
                            f"mount (/dbfs/..., NFS); {urlparse(resolved.uri).scheme}:// is "
                            f"not supported here")
-    return resolved.local_path()
+    return Path(resolved.path)
 
 
 def spark_filesystem(spark, uri: str):
@@ -223,7 +219,7 @@ def staging_for(final: Location) -> Location:
     return final.sibling(f".{final.name}.tmp-{uuid.uuid4().hex[:8]}")
 
 
-def commit(staging: Location, final: Location, last: str) -> None:
+def commit(staging: Location, final: Location, last: str | None = None) -> None:
     """Put the finished `staging` directory at `final`, replacing what is there.
 
     Local: rename (atomic); an existing `final` is first renamed aside, then deleted.
@@ -242,12 +238,12 @@ def commit(staging: Location, final: Location, last: str) -> None:
             os.rename(staging.path, target)
         return
     fs = final.fs
-    if fs.exists(final.child(last).path):
+    if last and fs.exists(final.child(last).path):
         fs.rm(final.child(last).path)
     final.remove_tree()
     sources = sorted(fs.find(staging.path))
-    marker = staging.child(last).path
-    for source in [s for s in sources if s != marker] + [s for s in sources if s == marker]:
+    marker = staging.child(last).path if last else None
+    for source in sorted(sources, key=lambda s: s == marker):  # the marker last
         relative = posixpath.relpath(source, staging.path)
         fs.copy(source, posixpath.join(final.path, relative))
     staging.remove_tree()

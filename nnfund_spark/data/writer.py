@@ -93,11 +93,11 @@ def _write_chunks(schema, staging_uri: str, chunks) -> list:
         columns = {"image": pa.array([encode_image(schema, im) for im in images], pa.binary()),
                    "index": pa.array(indices, pa.int64()), "label": pa.array(labels, pa.int32())}
         table = pa.table([columns[f.name] for f in arrow_schema], schema=arrow_schema)
-        folder = staging.child(split)
-        folder.makedirs()
-        with folder.child(name).open("wb") as handle:
+        target = staging.child(split, name)
+        target.parent.makedirs()
+        with target.open("wb") as handle:
             pq.write_table(table, handle, row_group_size=max(1, len(indices)))
-        written.append(folder.child(name).uri)
+        written.append(target.uri)
     return written
 
 
@@ -154,7 +154,7 @@ def write_frame_splits(frame, staging, schema, splits: list, target_mb: int) -> 
         target = staging.child(split)
         written = rows_dir.child(f"{SPLIT_COLUMN}={split}")
         if written.is_dir():
-            commit(written, target, last="_SUCCESS")
+            commit(written, target)
         else:  # Spark writes no directory for a split without rows
             target.makedirs()
         stats[split] = finish_split(target, schema, row_arrow_schema(schema))

@@ -17,6 +17,7 @@ import time
 import uuid
 from pathlib import Path
 from typing import Optional
+from urllib.parse import urlparse
 
 from nnfund_spark.config import TrackingConfig
 from nnfund_spark.data.prepare import MANIFEST, read_manifest
@@ -52,9 +53,13 @@ def resolve_split(dataset_dir: str, split: str) -> tuple[Location, str, Location
 
 
 def _refuse_output_over_dataset(output_uri: str, root: Location) -> None:
-    """--overwrite on an output that is, contains or sits inside the dataset would destroy it."""
-    output = resolve(output_uri if not output_uri.startswith("dbfs:") else
-                     "/dbfs/" + output_uri.split(":", 1)[1].lstrip("/"))
+    """--overwrite on an output that is, contains or sits inside the dataset would destroy it.
+    Only an output on the dataset's own filesystem can overlap it (and only then is it sure
+    that this node can resolve the output's scheme: Spark alone writes other ones)."""
+    scheme = urlparse(output_uri).scheme
+    if scheme not in ("file", "dbfs") and scheme != urlparse(root.uri).scheme:
+        return
+    output = resolve(output_uri)
     if output.overlaps(root):
         raise ValueError(f"output {output.display} overlaps the dataset {root.display}; choose "
                          f"a directory outside the dataset")
@@ -112,7 +117,8 @@ def run_predict(spark, config: PredictConfig) -> dict:
     root, split, split_dir, manifest = resolve_split(config.dataset_dir, config.split)
     output_uri = spark_uri(config.output_dir, os.environ)
     _refuse_output_over_dataset(output_uri, root)
-    spark_filesystem(spark, spark_uri(split_dir.display, os.environ))  # Spark reads the split
+    split_uri = spark_uri(split_dir.display, os.environ)
+    spark_filesystem(spark, split_uri)  # Spark reads the split: fail now if it cannot
     check_writable(spark, output_uri, config.overwrite)  # before any expensive work
 
     tracking_uri = resolve_tracking_uri(TrackingConfig(tracking_uri=config.tracking_uri))
@@ -125,7 +131,6 @@ def run_predict(spark, config: PredictConfig) -> dict:
     num_classes = int(manifest["num_classes"])
 
     archive = ship_model(spark, ref, tracking_uri, image_shape)
-    split_uri = spark_uri(split_dir.display, os.environ)
     frame = spark.read.parquet(split_uri)
     missing = {"index", "image"} - set(frame.columns)
     if missing:

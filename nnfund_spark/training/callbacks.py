@@ -117,6 +117,10 @@ class DeadReluMonitor(tf.keras.callbacks.Callback):
             logs["dead_relu_fraction"] = dead_relu_fraction(self.model, self.images)["dead_fraction"]
 
 
+# The metric train.target_accuracy is checked against, by train.target_split.
+TARGET_METRIC = {"validation": "val_accuracy", "test": "test_accuracy"}
+
+
 class EarlyStopper:
     """Stop when `metric` has not improved for `patience` epochs (patience 0: never)."""
 

@@ -151,11 +151,11 @@ def resume_point(train) -> dict | None:
 def _refuse_finished_by_history(train, meta: dict) -> None:
     """A checkpointed run that already met its target or its early-stopping rule ended there;
     resuming it would train past the point where this config says to stop."""
-    from nnfund_spark.training.callbacks import EarlyStopper
+    from nnfund_spark.training.callbacks import TARGET_METRIC, EarlyStopper
 
     history = meta.get("history") or {}
     if train.target_accuracy is not None:
-        key = {"validation": "val_accuracy", "test": "test_accuracy"}[train.target_split]
+        key = TARGET_METRIC[train.target_split]
         reached = [i + 1 for i, v in enumerate(history.get(key, [])) if v >= train.target_accuracy]
         if reached:
             raise ValueError(f"{train.checkpoint_dir}: the run reached train.target_accuracy="

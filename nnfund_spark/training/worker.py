@@ -133,7 +133,8 @@ def _train(settings: dict) -> dict:
     from nnfund_spark.training.callbacks import (DeadReluMonitor, EarlyStopper, EpochLogger,
                                                   FaultInjection, LearningRateLogger,
                                                   MlflowEpochLogger, ShardedEvaluation,
-                                                  StepTableRate, sharded_evaluate)
+                                                  StepTableRate, TARGET_METRIC,
+                                                  sharded_evaluate)
     from nnfund_spark.training.metrics import relu_layers
     from nnfund_spark.training.optimizers import make_loss, make_optimizer
     from nnfund_spark.training.schedules import scaled_base_lr, schedule_function
@@ -215,7 +216,7 @@ def _train(settings: dict) -> dict:
                                            prefix="val_"))
     target = settings.get("target_accuracy")
     target_split = settings.get("target_split", "validation")
-    target_key = {"validation": "val_accuracy", "test": "test_accuracy"}[target_split]
+    target_key = TARGET_METRIC[target_split]
     if target is not None and target_split not in settings["split_urls"]:
         raise ValueError(f"train.target_accuracy with train.target_split={target_split} needs a "
                          f"non-empty {target_split} split in the prepared dataset")
