@@ -45,6 +45,53 @@ def test_dataset_yields_exactly_steps_batches_with_every_label_once():
     np.testing.assert_array_equal(first_x.numpy()[:, 0, 0, 0], (first_y.numpy() * 4) % 256)
 
 
+def assert_shards_match_petastorm(split_dir, size: int) -> None:
+    """read_shard gives every rank of ``size`` exactly the rows, in the same order and with
+    the same pixels, that Petastorm's own make_reader gives for cur_shard=rank."""
+    from petastorm import make_reader
+
+    from nnfund_spark.data.schema import as_hwc
+    from nnfund_spark.training.pipeline import read_shard
+
+    seen = []
+    for rank in range(size):
+        with make_reader(split_dir.as_uri(), schema_fields=["index", "image", "label"],
+                         cur_shard=rank, shard_count=size, num_epochs=1,
+                         shuffle_row_groups=False, reader_pool_type="dummy") as reader:
+            rows = list(reader)
+        index, images, labels = read_shard(split_dir.as_uri(), rank, size)
+        assert rows and index.tolist() == [int(row.index) for row in rows]
+        assert labels.tolist() == [int(row.label) for row in rows]
+        assert images.dtype == np.uint8
+        np.testing.assert_array_equal(images, as_hwc(np.stack([row.image for row in rows])))
+        seen.extend(index.tolist())
+    assert len(seen) == len(set(seen))
+
+
+def test_shards_are_petastorms_row_group_shards(small_mnist):
+    out, manifest = small_mnist
+    assert manifest["splits"]["train"]["row_groups"] >= 3
+    assert_shards_match_petastorm(out / "train", 3)
+
+
+def test_shard_assignment_numbers_row_groups_in_file_order():
+    from nnfund_spark.training.pipeline import shard_row_groups
+
+    counts = {"part-1.parquet": 1, "part-0.parquet": 2, "part-2.parquet": 2}
+    assert shard_row_groups(counts, 0, 2) == [("part-0.parquet", 0), ("part-1.parquet", 0),
+                                              ("part-2.parquet", 1)]
+    assert shard_row_groups(counts, 1, 2) == [("part-0.parquet", 1), ("part-2.parquet", 0)]
+    assert shard_row_groups(counts, 5, 6) == []  # more ranks than row groups: an empty shard
+
+
+def test_a_directory_that_is_not_a_petastorm_split_is_refused(tmp_path):
+    from nnfund_spark.training.pipeline import read_shard
+
+    (tmp_path / "part-0.parquet").write_bytes(b"")
+    with pytest.raises(ValueError, match=r"not a Petastorm dataset split .*nnfund-spark prepare"):
+        read_shard(tmp_path.as_uri(), 0, 1)
+
+
 def test_ranks_read_a_dataset_whose_path_has_a_space(small_mnist, tmp_path):
     """The split URLs the launcher hands the ranks open with Petastorm even when a directory
     on the way has a space (Petastorm does not decode %20 in file:// URLs)."""

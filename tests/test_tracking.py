@@ -95,6 +95,8 @@ def test_training_against_a_tracking_server_and_no_secret_logged(spark, small_mn
     run = client.get_run(summary["run_id"])
     assert run.info.status == "FINISHED"
     assert run.data.params["train.num_proc"] == "1"
+    # one rank, no gradient accumulation: Horovod is not started (collectives.Solo)
+    assert [(r["horovod"], r["allreduce_gradients"]) for r in summary["ranks"]] == [(False, False)]
     assert run.data.params["spark.conf.spark.hadoop.fs.s3a.secret.key"] == "***"
     assert [m.step for m in client.get_metric_history(run.info.run_id, "val_accuracy")] == [1]
     assert run.data.metrics["test_accuracy"] == pytest.approx(summary["test_accuracy"])

@@ -72,12 +72,6 @@ class Location:
     def sibling(self, name: str) -> "Location":
         return self.parent.child(name)
 
-    @property
-    def petastorm_url(self) -> str:
-        """The URL for Petastorm's readers, which take a file:// URL's path as it stands
-        (undecoded): the plain path behind file://, the URI itself elsewhere."""
-        return "file://" + self.path if self.is_local else self.uri
-
     def overlaps(self, other: "Location") -> bool:
         """True when one of the two is, contains or lies inside the other."""
         a, b = self.uri.rstrip("/") + "/", other.uri.rstrip("/") + "/"

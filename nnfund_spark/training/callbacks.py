@@ -8,12 +8,12 @@ import numpy as np
 import tensorflow as tf
 
 
-def sharded_evaluate(model, images, labels, num_classes: int, batch_size: int = 512) -> dict:
+def sharded_evaluate(model, images, labels, num_classes: int, collectives,
+                     batch_size: int = 512) -> dict:
     """Exact loss, accuracy and confusion matrix over the union of all ranks' shards: sums and
-    counts are allreduced, so unequal shard sizes are weighted correctly. Every rank must call
-    it (it is a collective), even with an empty shard."""
-    import horovod.tensorflow as hvd_tf
-
+    counts are allreduced (``collectives``: training.collectives), so unequal shard sizes are
+    weighted correctly. Every rank must call it (it is a collective), even with an empty
+    shard."""
     loss_sum = 0.0
     confusion = np.zeros((num_classes, num_classes), np.float64)
     if images is not None and len(labels):
@@ -22,8 +22,8 @@ def sharded_evaluate(model, images, labels, num_classes: int, batch_size: int = 
         loss_sum = float(-np.log(np.clip(picked, 1e-7, 1.0)).sum())
         np.add.at(confusion, (labels, probabilities.argmax(axis=1)), 1)
     packed = np.concatenate([[loss_sum], confusion.ravel()])
-    totals = hvd_tf.allreduce(tf.constant(packed, tf.float64), op=hvd_tf.Sum,
-                              name=f"sharded_evaluate_{sharded_evaluate.calls}").numpy()
+    totals = collectives.allreduce_sum(packed.astype(np.float64),
+                                       name=f"sharded_evaluate_{sharded_evaluate.calls}")
     sharded_evaluate.calls += 1
     confusion = totals[1:].reshape(num_classes, num_classes).round().astype(np.int64)
     count = int(confusion.sum())
@@ -39,17 +39,19 @@ sharded_evaluate.calls = 0
 class ShardedEvaluation(tf.keras.callbacks.Callback):
     """Evaluate on each rank's validation shard at epoch end and put exact totals in the logs."""
 
-    def __init__(self, shard, num_classes: int, batch_size: int = 512, prefix: str = "val_"):
+    def __init__(self, shard, num_classes: int, collectives, batch_size: int = 512,
+                 prefix: str = "val_"):
         super().__init__()
         self.images, self.labels = shard
         self.num_classes = num_classes
+        self.collectives = collectives
         self.batch_size = batch_size
         self.prefix = prefix
         self.last, self.last_epoch = None, None
 
     def on_epoch_end(self, epoch, logs=None):
         result = sharded_evaluate(self.model, self.images, self.labels, self.num_classes,
-                                  self.batch_size)
+                                  self.collectives, self.batch_size)
         self.last, self.last_epoch = result, epoch
         if logs is not None:
             logs[f"{self.prefix}loss"] = result["loss"]

@@ -213,7 +213,7 @@ def worker_settings(config: JobConfig, manifest: dict, dataset_dir: Location) ->
         "early_stopping_metric": train.early_stopping_metric,
         "log_dead_relu": train.log_dead_relu,
         # Empty splits (e.g. validation_fraction=0) are left out: Petastorm cannot open them.
-        "split_urls": {split: dataset_dir.child(split).petastorm_url for split in SPLITS
+        "split_urls": {split: dataset_dir.child(split).uri for split in SPLITS
                        if manifest["splits"].get(split, {}).get("count", 0) > 0},
         "manifest": {"image_shape": manifest["image_shape"],
                      "num_classes": manifest["num_classes"]},
@@ -259,19 +259,10 @@ def log_keras_model(model, manifest: dict):
 
 def sample_images(split_url: str, count: int = 4):
     """The first `count` images of a split (one row group read), for the activation-map view."""
-    import numpy as np
-    from petastorm import make_reader
+    from nnfund_spark.training.pipeline import read_row_groups, shard_row_groups
 
-    from nnfund_spark.data.schema import as_hwc
-    images = []
-    with make_reader(split_url, schema_fields=["image"], num_epochs=1, shuffle_row_groups=False,
-                     hdfs_driver="libhdfs",
-                     reader_pool_type="dummy") as reader:
-        for row in reader:
-            images.append(row.image)
-            if len(images) == count:
-                break
-    return as_hwc(np.stack(images))
+    first_group = lambda counts: shard_row_groups(counts, 0, 1)[:1]  # noqa: E731
+    return read_row_groups(split_url, first_group)[1][:count]
 
 
 def run_training(spark, config: JobConfig, extra_settings: dict | None = None,

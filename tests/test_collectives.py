@@ -1,0 +1,41 @@
+"""Which ranks start Horovod, and the one-rank collectives used when it is not started."""
+import numpy as np
+import pytest
+
+from nnfund_spark.training import collectives
+
+
+@pytest.mark.parametrize("size, k, expected", [(1, 1, False), (2, 1, True), (1, 4, True),
+                                               (8, 2, True)])
+def test_horovod_is_started_unless_one_rank_never_allreduces(size, k, expected):
+    assert collectives.needs_horovod(size, k) is expected
+
+
+def test_a_world_of_one_uses_local_collectives(monkeypatch):
+    monkeypatch.setenv("HOROVOD_SIZE", "1")
+    world = collectives.start(backward_passes_per_step=1)
+    assert isinstance(world, collectives.Solo) and not world.horovod
+    assert (world.rank, world.size, world.local_rank, world.local_size) == (0, 1, 0, 1)
+    values = np.array([1.5, 2.0, 3.0])
+    np.testing.assert_array_equal(world.allreduce_sum(values, name="x"), values)
+    assert world.allgather_object(7) == [7]
+    assert world.metric_average_callbacks() == []
+
+
+def test_sharded_evaluation_of_one_rank_is_exact():
+    import tensorflow as tf
+
+    from nnfund_spark.training.callbacks import sharded_evaluate
+
+    rng = np.random.default_rng(0)
+    images = rng.normal(size=(50, 4)).astype(np.float32)
+    labels = rng.integers(0, 3, 50).astype(np.int32)
+    model = tf.keras.Sequential([tf.keras.Input((4,)), tf.keras.layers.Dense(3, "softmax")])
+    result = sharded_evaluate(model, images, labels, 3, collectives.Solo(), batch_size=16)
+    probabilities = model.predict(images, verbose=0)
+    predicted = probabilities.argmax(axis=1)
+    assert result["count"] == 50
+    assert result["accuracy"] == pytest.approx(float((predicted == labels).mean()))
+    assert result["loss"] == pytest.approx(
+        float(-np.log(probabilities[np.arange(50), labels]).mean()), rel=1e-5)
+    assert np.array(result["confusion"]).sum(axis=1).tolist() == np.bincount(labels, minlength=3).tolist()
