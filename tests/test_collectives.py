@@ -39,3 +39,22 @@ def test_sharded_evaluation_of_one_rank_is_exact():
     assert result["loss"] == pytest.approx(
         float(-np.log(probabilities[np.arange(50), labels]).mean()), rel=1e-5)
     assert np.array(result["confusion"]).sum(axis=1).tolist() == np.bincount(labels, minlength=3).tolist()
+
+
+@pytest.mark.parametrize("env, expected", [
+    ({"HOROVOD_RANK": "1", "HOROVOD_SIZE": "2", "HOROVOD_LOCAL_RANK": "1",
+      "HOROVOD_LOCAL_SIZE": "2"}, (1, 2, 1, 2)),
+    # mpirun (train.controller=mpi) exports Open MPI's names instead
+    ({"OMPI_COMM_WORLD_RANK": "3", "OMPI_COMM_WORLD_SIZE": "4",
+      "OMPI_COMM_WORLD_LOCAL_RANK": "1", "OMPI_COMM_WORLD_LOCAL_SIZE": "2"}, (3, 4, 1, 2)),
+    ({}, (0, 1, 0, 1)),  # no launcher: a world of one
+])
+def test_a_rank_knows_itself_from_either_launcher(monkeypatch, env, expected):
+    for names in collectives._LAUNCHER_ENV.values():
+        for name in names:
+            monkeypatch.delenv(name, raising=False)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    defaults = {"rank": 0, "size": 1, "local_rank": 0, "local_size": 1}
+    assert tuple(collectives.launcher_value(name, default)
+                 for name, default in defaults.items()) == expected

@@ -151,3 +151,24 @@ def test_a_needed_split_that_is_empty_is_refused_before_any_rank_starts(spark, m
     from nnfund_spark.training.launcher import check_splits_for
     config = load_config(None, base + ["train.target_accuracy=0.9", "train.target_split=test"])
     check_splits_for(config.train, read_manifest(out), str(out))
+
+
+def test_mpi_controller_without_mpi_is_refused_before_any_rank_starts(spark, small_mnist,
+                                                                      tmp_path):
+    """The stack's Horovod is built with Gloo only (STACK.md): train.controller=mpi must say
+    what is missing instead of failing inside horovod.spark.run."""
+    import shutil
+
+    from horovod.common.util import mpi_built
+    from mlflow.tracking import MlflowClient
+
+    if mpi_built(verbose=False) and shutil.which("mpirun"):
+        pytest.skip("this Horovod is built with MPI and mpirun is installed")
+    out, _ = small_mnist
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    config = load_config(None, [f"data.output_dir={out}", f"tracking.tracking_uri={uri}",
+                                "train.controller=mpi"])
+    with pytest.raises(ValueError, match=r"train.controller=mpi needs .*(HOROVOD_WITH_MPI=1|"
+                                         r"mpirun).*or use train.controller=gloo"):
+        run_training(spark, config)
+    assert not MlflowClient(uri).search_experiments(filter_string="name = 'nnfund_spark'")

@@ -22,9 +22,25 @@ def needs_horovod(size: int, backward_passes_per_step: int) -> bool:
     return size > 1 or backward_passes_per_step > 1
 
 
+# Where a rank's launcher says who it is, before Horovod is initialised: Horovod's Gloo launcher
+# exports HOROVOD_*, mpirun (horovod.spark.run with MPI) exports OMPI_COMM_WORLD_*.
+_LAUNCHER_ENV = {"rank": ("HOROVOD_RANK", "OMPI_COMM_WORLD_RANK"),
+                 "size": ("HOROVOD_SIZE", "OMPI_COMM_WORLD_SIZE"),
+                 "local_rank": ("HOROVOD_LOCAL_RANK", "OMPI_COMM_WORLD_LOCAL_RANK"),
+                 "local_size": ("HOROVOD_LOCAL_SIZE", "OMPI_COMM_WORLD_LOCAL_SIZE")}
+
+
+def launcher_value(name: str, default: int) -> int:
+    """This process's rank, size, local_rank or local_size as its launcher exported it."""
+    for variable in _LAUNCHER_ENV[name]:
+        if variable in os.environ:
+            return int(os.environ[variable])
+    return default
+
+
 def start(backward_passes_per_step: int = 1):
-    """The collectives for this rank, from the world size Horovod's launcher exported."""
-    size = int(os.environ.get("HOROVOD_SIZE", "1"))
+    """The collectives for this rank, from the world size its launcher exported."""
+    size = launcher_value("size", 1)
     if needs_horovod(size, backward_passes_per_step):
         return HorovodCollectives()
     return Solo()

@@ -282,6 +282,7 @@ def run_training(spark, config: JobConfig, extra_settings: dict | None = None,
     dataset_dir = resolve(config.data.output_dir)
     manifest = read_manifest(dataset_dir)
     check_splits_for(config.train, manifest, dataset_dir.display)
+    check_controller(config.train.controller)
     num_proc = resolve_num_proc(spark, config.train)
     resume = resume_point(config.train)
     tracking_uri = resolve_tracking_uri(config.tracking)
@@ -311,12 +312,14 @@ def run_training(spark, config: JobConfig, extra_settings: dict | None = None,
 
         wait_for_horovod_build_check()
         started = time.time()
-        # Horovod: one barrier task per rank; Gloo rendezvous through the driver.
+        # Horovod: one barrier task per rank; Gloo rendezvous through the driver, or mpirun.
+        mpi = config.train.controller == "mpi"
         try:
             results = horovod.spark.run(train_worker, args=(settings,),
                                         num_proc=num_proc,
                                         start_timeout=config.train.start_timeout,
-                                        use_gloo=True, verbose=1, env=_worker_env())
+                                        use_gloo=not mpi, use_mpi=mpi, verbose=1,
+                                        env=_worker_env(mpi))
         except Exception as exc:
             raise_worker_errors(run.info.run_id, tracking_uri, exc)
         wall = time.time() - started
@@ -359,9 +362,32 @@ def run_training(spark, config: JobConfig, extra_settings: dict | None = None,
             "parameters": model.count_params(), "wall_seconds": wall, "ranks": results}
 
 
-def _worker_env() -> dict:
-    """Environment for the rank processes: the driver's, minus variables that would make every
-    rank grab all cores (threads are set per rank in the worker)."""
+def _worker_env(mpi: bool = False) -> dict:
+    """Environment for the rank processes: the driver's, quieter TensorFlow logs, and with MPI
+    Open MPI's yield-when-idle (a rank waiting in MPI gives its core back instead of spinning
+    on it, which on a core shared with the rank's own compute thread costs that thread)."""
     env = dict(os.environ)
     env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    if mpi:
+        env.setdefault("OMPI_MCA_mpi_yield_when_idle", "1")
     return env
+
+
+def check_controller(controller: str) -> None:
+    """Refuse train.controller=mpi before any rank starts when this host cannot run it."""
+    if controller != "mpi":
+        return
+    import shutil
+
+    from horovod.common.util import mpi_built
+
+    missing = []
+    if not mpi_built(verbose=False):
+        missing.append("Horovod built with MPI (reinstall it with HOROVOD_WITH_MPI=1 after "
+                       "installing Open MPI; this one has no MPI)")
+    if not shutil.which("mpirun"):
+        missing.append("mpirun on the driver's PATH (Open MPI, e.g. apt-get install "
+                       "openmpi-bin libopenmpi-dev)")
+    if missing:
+        raise ValueError("train.controller=mpi needs " + " and ".join(missing)
+                         + "; or use train.controller=gloo")

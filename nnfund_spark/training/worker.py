@@ -66,12 +66,13 @@ def bind_cpus(local_rank: int, local_size: int, cores: list[int], per_rank: int 
 
 def apply_cpu_binding(per_rank: int = 0) -> list[int]:
     """Bind every thread of this process to its rank's cores (before TensorFlow starts its
-    thread pools, so they inherit it). Horovod's launcher exports HOROVOD_LOCAL_RANK/SIZE."""
+    thread pools, so they inherit it). The launcher exports the local rank and size."""
     if not hasattr(os, "sched_setaffinity"):
         raise RuntimeError("train.cpu_binding needs Linux (os.sched_setaffinity); set "
                            "train.cpu_binding=false on this platform")
-    local_rank = int(os.environ.get("HOROVOD_LOCAL_RANK", "0"))
-    local_size = int(os.environ.get("HOROVOD_LOCAL_SIZE", "1"))
+    from nnfund_spark.training.collectives import launcher_value
+
+    local_rank, local_size = launcher_value("local_rank", 0), launcher_value("local_size", 1)
     mine = bind_cpus(local_rank, local_size, list(os.sched_getaffinity(0)), per_rank)
     for thread in os.listdir("/proc/self/task"):
         try:
@@ -114,7 +115,9 @@ def train_worker(settings: dict) -> dict:
     except BaseException as exc:
         if settings.get("mlflow_run_id"):
             from mlflow.tracking import MlflowClient
-            rank = os.environ.get("HOROVOD_RANK", "unknown")
+            from nnfund_spark.training.collectives import launcher_value
+            rank = launcher_value("rank", -1)
+            rank = rank if rank >= 0 else "unknown"
             MlflowClient(settings["tracking_uri"]).set_tag(
                 settings["mlflow_run_id"], f"error.rank{rank}",
                 f"{type(exc).__name__}: {exc}"[:4000])
