@@ -22,8 +22,7 @@ def sharded_evaluate(model, images, labels, num_classes: int, collectives,
         loss_sum = float(-np.log(np.clip(picked, 1e-7, 1.0)).sum())
         np.add.at(confusion, (labels, probabilities.argmax(axis=1)), 1)
     packed = np.concatenate([[loss_sum], confusion.ravel()])
-    totals = collectives.allreduce_sum(packed.astype(np.float64),
-                                       name=f"sharded_evaluate_{sharded_evaluate.calls}")
+    totals = collectives.allreduce_sum(packed, name=f"sharded_evaluate_{sharded_evaluate.calls}")
     sharded_evaluate.calls += 1
     confusion = totals[1:].reshape(num_classes, num_classes).round().astype(np.int64)
     count = int(confusion.sum())

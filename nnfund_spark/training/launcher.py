@@ -261,8 +261,7 @@ def sample_images(split_url: str, count: int = 4):
     """The first `count` images of a split (one row group read), for the activation-map view."""
     from nnfund_spark.training.pipeline import read_row_groups, shard_row_groups
 
-    first_group = lambda counts: shard_row_groups(counts, 0, 1)[:1]  # noqa: E731
-    return read_row_groups(split_url, first_group)[1][:count]
+    return read_row_groups(split_url, lambda counts: shard_row_groups(counts, 0, 1)[:1])[1][:count]
 
 
 def run_training(spark, config: JobConfig, extra_settings: dict | None = None,

@@ -35,8 +35,8 @@ def read_row_groups(url: str, choose):
 
     Reads them with pyarrow and decodes each image with the codec of the Unischema stored in
     the split's ``_common_metadata``: the examples Petastorm's make_reader returns for the same
-    row groups, without its per-row machinery (a 27,000-image MNIST shard: 0.45 s against
-    0.73 s on one core)."""
+    row groups, without its per-row machinery (a 27,000-image MNIST shard on one core: 0.61-0.70 s
+    against 0.93-1.07 s)."""
     import pyarrow.parquet as pq
     from petastorm.etl.dataset_metadata import ROW_GROUPS_PER_FILE_KEY, UNISCHEMA_KEY
     from petastorm.etl.legacy import depickle_legacy_package_name_compatible
@@ -59,12 +59,14 @@ def read_row_groups(url: str, choose):
                          f"materialize_dataset)")
     image_field = depickle_legacy_package_name_compatible(metadata[UNISCHEMA_KEY]).fields["image"]
     mine = choose(json.loads(metadata[ROW_GROUPS_PER_FILE_KEY].decode()))
+    groups_by_file: dict = {}  # each file opened once, files and groups in the chosen order
+    for name, group in mine:
+        groups_by_file.setdefault(name, []).append(group)
     indices, images, labels = [], [], []
-    for name in dict.fromkeys(name for name, _ in mine):  # each file once, in order
+    for name, groups in groups_by_file.items():
         with split.child(name).open() as handle:
-            table = pq.ParquetFile(handle).read_row_groups(
-                [group for file, group in mine if file == name],
-                columns=["index", "image", "label"])
+            table = pq.ParquetFile(handle).read_row_groups(groups,
+                                                           columns=["index", "image", "label"])
         indices.append(table.column("index").to_numpy())
         labels.append(table.column("label").to_numpy())
         images.extend(image_field.codec.decode(image_field, value)

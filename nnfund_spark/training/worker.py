@@ -107,9 +107,6 @@ def train_worker(settings: dict) -> dict:
     """Entry point of every rank. A rank's exception is recorded on the job's MLflow run
     (tag error.rank<N>) before it propagates, so the driver can report the worker's own error
     rather than Horovod's generic "a process exited with non-zero status"."""
-    import warnings
-
-    warnings.filterwarnings("ignore", category=FutureWarning, module="petastorm")
     try:
         return _train(settings)
     except BaseException as exc:
