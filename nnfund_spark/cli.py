@@ -135,7 +135,7 @@ def main(argv: list[str] | None = None) -> int:
     from nnfund_spark.spark import build_session
     if args.command in ("train", "sweep"):
         from nnfund_spark.training.launcher import start_horovod_build_check
-        start_horovod_build_check()  # overlaps the Spark start-up below
+        start_horovod_build_check(config.train.controller)  # overlaps the Spark start-up below
     spark = build_session(config.spark, args.master)
     on_databricks = databricks.is_databricks(os.environ)
     if on_databricks:

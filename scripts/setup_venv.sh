@@ -8,11 +8,17 @@ cd "$(dirname "$0")/.."
 
 VENV=${VENV:-.venv}
 PYTHON=${PYTHON:-python3}
+# NNFUND_MPI=1 (default): install Open MPI when mpirun is missing (needs root and apt-get) and
+# build Horovod with MPI and Gloo, so train.controller=auto picks MPI (faster on one host,
+# README "Controllers"). NNFUND_MPI=0: Gloo only, nothing installed outside the venv.
+NNFUND_MPI=${NNFUND_MPI:-1}
 STAMP="$VENV/.nnfund-installed"
-WANT=$(cat constraints.txt setup.py scripts/setup_venv.sh | sha256sum | cut -d' ' -f1)
+WANT=$( { cat constraints.txt setup.py scripts/setup_venv.sh; echo "mpi=$NNFUND_MPI"; } \
+        | sha256sum | cut -d' ' -f1)
 
 if [[ -x "$VENV/bin/python" ]] && "$VENV/bin/python" -c "import sys" 2>/dev/null \
-   && [[ -f "$STAMP" ]] && [[ "$(cat "$STAMP")" == "$WANT" ]]; then
+   && [[ -f "$STAMP" ]] && [[ "$(cat "$STAMP")" == "$WANT" ]] \
+   && { [[ "$NNFUND_MPI" != 1 ]] || command -v mpirun >/dev/null; }; then
   echo "setup: $VENV is up to date"
   exit 0
 fi
@@ -28,14 +34,38 @@ PIP=("$VENV/bin/python" -m pip)
 "${PIP[@]}" install -q -U pip wheel setuptools==69.5.1
 # TensorFlow first: Horovod compiles against whatever TensorFlow is installed.
 "${PIP[@]}" install -q -c constraints.txt tensorflow-cpu
-if ! "$VENV/bin/python" -c "import horovod.tensorflow" 2>/dev/null; then
-  echo "setup: building Horovod with TensorFlow + Gloo (about 2-3 minutes on 2 cores)"
-  HOROVOD_WITH_TENSORFLOW=1 HOROVOD_WITHOUT_PYTORCH=1 HOROVOD_WITHOUT_MXNET=1 \
-  HOROVOD_WITH_GLOO=1 HOROVOD_WITHOUT_MPI=1 MAKEFLAGS=-j2 \
-    "${PIP[@]}" install -q --no-build-isolation -c constraints.txt "horovod[spark,tensorflow-cpu]"
+if [[ "$NNFUND_MPI" == 1 ]] && ! command -v mpirun >/dev/null; then
+  if [[ "$(id -u)" == 0 ]] && command -v apt-get >/dev/null; then
+    echo "setup: installing Open MPI (Debian openmpi-bin, libopenmpi-dev)"
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq openmpi-bin libopenmpi-dev >/dev/null
+  else
+    echo "setup: Open MPI is missing and cannot be installed here (needs root and apt-get)." >&2
+    echo "  Install it (Debian/Ubuntu: apt-get install openmpi-bin libopenmpi-dev) and rerun," >&2
+    echo "  or set NNFUND_MPI=0 to build Horovod with Gloo only." >&2
+    exit 1
+  fi
+fi
+if [[ "$NNFUND_MPI" == 1 ]]; then
+  WANT_BUILD="h.gloo_built() and h.mpi_built()"; MPI_FLAG=HOROVOD_WITH_MPI=1
+else
+  WANT_BUILD="h.gloo_built()"; MPI_FLAG=HOROVOD_WITHOUT_MPI=1
+fi
+if ! "$VENV/bin/python" -c "import sys, horovod.tensorflow as h; sys.exit(0 if $WANT_BUILD else 1)" \
+     2>/dev/null; then
+  echo "setup: building Horovod with TensorFlow, Gloo and $MPI_FLAG (3-5 minutes on 2 cores)"
+  # Uninstall first and bypass pip's wheel cache: a cached wheel from another build (say,
+  # Gloo only) would otherwise be reused, since the build flags are not part of its key.
+  "${PIP[@]}" uninstall -q -y horovod 2>/dev/null || true
+  env HOROVOD_WITH_TENSORFLOW=1 HOROVOD_WITHOUT_PYTORCH=1 HOROVOD_WITHOUT_MXNET=1 \
+      HOROVOD_WITH_GLOO=1 "$MPI_FLAG" MAKEFLAGS=-j2 \
+    "${PIP[@]}" install -q --no-cache-dir --no-build-isolation -c constraints.txt \
+      "horovod[spark,tensorflow-cpu]"
 fi
 "${PIP[@]}" install -q --no-build-isolation -c constraints.txt -e ".[cpu,spark,test]"
-"$VENV/bin/horovodrun" --check-build | grep -E '\[X\] (TensorFlow|Gloo)' >/dev/null \
-  || { echo "setup: Horovod was built without TensorFlow or Gloo" >&2; "$VENV/bin/horovodrun" --check-build >&2; exit 1; }
+"$VENV/bin/python" -c "import sys, horovod.tensorflow as h; sys.exit(0 if $WANT_BUILD else 1)" \
+  2>/dev/null \
+  || { echo "setup: Horovod lacks a controller it should have ($WANT_BUILD)" >&2;
+       "$VENV/bin/horovodrun" --check-build >&2; exit 1; }
 echo "$WANT" > "$STAMP"
 echo "setup: $VENV ready in $(( $(date +%s) - start ))s"

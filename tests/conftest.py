@@ -48,3 +48,9 @@ def small_mnist(spark, mnist_raw_dir, tmp_path_factory):
     config = DataConfig(raw_dir=str(mnist_raw_dir), output_dir=str(out), limit=2000)
     manifest = prepare_dataset(spark, config)
     return out, manifest
+
+
+def stack_controller() -> str:
+    """The controller train.controller=auto must pick on our stack: `make setup` installs
+    Open MPI and builds Horovod with MPI unless NNFUND_MPI=0 asked for Gloo only."""
+    return "gloo" if os.environ.get("NNFUND_MPI") == "0" else "mpi"

@@ -10,6 +10,7 @@ import pytest
 
 from nnfund_spark.config import load_config
 from nnfund_spark.training.launcher import run_training
+from tests.conftest import stack_controller
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -21,11 +22,16 @@ def job_config(out, tmp_path, *extra):
         "tracking.log_artifacts=false", "tracking.log_model=false", *extra])
 
 
-def test_uneven_shards_run_equal_steps_and_use_every_example(spark, small_mnist, tmp_path):
+@pytest.mark.parametrize("controller", ["gloo", "mpi"])
+def test_uneven_shards_run_equal_steps_and_use_every_example(spark, small_mnist, tmp_path,
+                                                             controller):
+    if controller == "mpi" and stack_controller() != "mpi":
+        pytest.skip("NNFUND_MPI=0: this Horovod was built without MPI")
     out, _ = small_mnist
-    config = job_config(out, tmp_path, "train.epochs=1")
+    config = job_config(out, tmp_path, "train.epochs=1", f"train.controller={controller}")
     summary = run_training(spark, config, extra_settings={
         "shard_limits": {"1": 500}, "return_shard_indices": True})
+    assert summary["controller"] == controller
     ranks = sorted(summary["ranks"], key=lambda r: r["rank"])
     assert ranks[1]["train_shard_size"] == 500 < ranks[0]["train_shard_size"]
     assert ranks[0]["steps_per_epoch"] == ranks[1]["steps_per_epoch"]
@@ -42,7 +48,8 @@ def test_killed_worker_fails_fast_then_resume_continues_the_same_run(spark, smal
     config = job_config(out, tmp_path, "train.epochs=3", f"train.checkpoint_dir={checkpoints}")
     started = time.time()
     with pytest.raises(Exception) as err:
-        # rank 1 is SIGKILLed in the middle of the second epoch
+        # rank 1 is SIGKILLed in the middle of the second epoch (default controller: the
+        # stack's, MPI; the Gloo case is the next test)
         run_training(spark, config, extra_settings={
             "fault_injection": {"target_rank": 1, "epoch": 1, "batch": 10, "mode": "kill"}})
     assert time.time() - started < 240, "a dead worker must end the job, not hang it"
@@ -77,6 +84,22 @@ def test_killed_worker_fails_fast_then_resume_continues_the_same_run(spark, smal
     with pytest.raises(ValueError, match=f"reached train.target_accuracy=0.5 \\(val_accuracy\\) "
                                          f"at epoch {first}"):
         run_training(spark, config)
+
+
+def test_killed_worker_ends_a_gloo_job_too(spark, small_mnist, tmp_path):
+    from mlflow.tracking import MlflowClient
+
+    out, _ = small_mnist
+    config = job_config(out, tmp_path, "train.epochs=2", "train.controller=gloo")
+    started = time.time()
+    with pytest.raises(Exception) as err:
+        run_training(spark, config, extra_settings={
+            "fault_injection": {"target_rank": 1, "epoch": 0, "batch": 10, "mode": "kill"}})
+    assert time.time() - started < 240, "a dead worker must end the job, not hang it"
+    assert "exit" in str(err.value).lower() or "rank" in str(err.value).lower()
+    client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
+    (failed,) = client.search_runs([client.get_experiment_by_name("launcher").experiment_id])
+    assert failed.info.status == "FAILED" and failed.data.tags["controller"] == "gloo"
 
 
 def test_resume_refuses_a_run_that_early_stopping_ended(tmp_path):

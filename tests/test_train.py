@@ -4,6 +4,7 @@ import pytest
 
 from nnfund_spark.config import load_config
 from nnfund_spark.training.launcher import ClusterTooSmallError, run_training
+from tests.conftest import stack_controller
 
 
 @pytest.fixture(scope="module")
@@ -81,6 +82,9 @@ def test_mlflow_run_reads_back(trained, small_mnist):
     for key in ("nnfund_spark.version", "spark.master", "tensorflow.version", "horovod.version"):
         assert tags.get(key), key
     assert tags["device"] == "CPU" and tags["weights_identical_across_ranks"] == "True"
+    # train.controller=auto (the default) ran the ranks with the controller the stack built.
+    assert params["train.controller"] == "auto"
+    assert tags["controller"] == summary["controller"] == stack_controller()
     assert int(params["model.parameters"]) == 1_199_882
 
     # The artifacts a user opens in the UI.
@@ -154,21 +158,21 @@ def test_a_needed_split_that_is_empty_is_refused_before_any_rank_starts(spark, m
 
 
 def test_mpi_controller_without_mpi_is_refused_before_any_rank_starts(spark, small_mnist,
-                                                                      tmp_path):
-    """The stack's Horovod is built with Gloo only (STACK.md): train.controller=mpi must say
-    what is missing instead of failing inside horovod.spark.run."""
+                                                                      tmp_path, monkeypatch):
+    """train.controller=mpi on a host without mpirun must say what is missing before the MLflow
+    run opens or any rank starts, instead of failing inside horovod.spark.run."""
     import shutil
 
-    from horovod.common.util import mpi_built
     from mlflow.tracking import MlflowClient
 
-    if mpi_built(verbose=False) and shutil.which("mpirun"):
-        pytest.skip("this Horovod is built with MPI and mpirun is installed")
+    real_which = shutil.which
+    monkeypatch.setattr(shutil, "which", lambda name, *a, **k:
+                        None if name == "mpirun" else real_which(name, *a, **k))
     out, _ = small_mnist
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     config = load_config(None, [f"data.output_dir={out}", f"tracking.tracking_uri={uri}",
                                 "train.controller=mpi"])
-    with pytest.raises(ValueError, match=r"train.controller=mpi needs .*(HOROVOD_WITH_MPI=1|"
-                                         r"mpirun).*or use train.controller=gloo"):
+    with pytest.raises(ValueError, match=r"train.controller=mpi needs .*mpirun.*"
+                                         r"or use train.controller=gloo"):
         run_training(spark, config)
     assert not MlflowClient(uri).search_experiments(filter_string="name = 'nnfund_spark'")

@@ -534,7 +534,9 @@ def to_markdown(results: dict) -> str:
          f"{_fmt(results['input_pipeline']['ratio_with_read'], 2, '×')} with the shard read "
          f"({_fmt(results['input_pipeline']['ratio'], 2, '×')} steady state)",
          f"{bound('input_pipeline')}×", checks["input_pipeline"]),
-        ("3", "Scaling: 2 ranks ÷ 1 rank, 1 core + 1 thread each (img/s)",
+        ("3", "Scaling: 2 ranks ÷ 1 rank, 1 core + 1 thread each (img/s"
+              + (f"; {runs['ours_2_ranks_1_core_each']['controller']} controller)"
+                 if runs["ours_2_ranks_1_core_each"].get("controller") else ")"),
          _fmt(runs["ours_2_ranks_1_core_each"]["images_per_second"], 0),
          _fmt(runs["ours_1_rank_1_core"]["images_per_second"], 0),
          _fmt(results["scaling"]["ratio"], 2, "×"), f"{bound('scaling')}×", checks["scaling"]),

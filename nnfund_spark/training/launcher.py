@@ -21,27 +21,32 @@ _HOROVOD_CHECK: threading.Thread | None = None
 _HOROVOD_CHECK_LOCK = threading.Lock()
 
 
-def start_horovod_build_check() -> None:
-    """Run Horovod's "was Gloo built?" check now, in the background.
+def start_horovod_build_check(controller: str = "auto") -> None:
+    """Run Horovod's "was this controller built?" check now, in the background.
 
     horovod.spark.run performs it before starting the ranks, in a forked process that imports
     TensorFlow: ~5 s on the 2-core reference machine during which the barrier tasks sit idle.
     Started when the job starts, it overlaps the SparkSession start and the MLflow set-up; the
-    result is cached per process, so launching later finds it done (run_training joins it).
+    result is cached per process, so resolving the controller and launching later find it done.
+    `controller` is train.controller: the check warms the one the job will use.
     """
     global _HOROVOD_CHECK
     with _HOROVOD_CHECK_LOCK:
         if _HOROVOD_CHECK is None:
-            _HOROVOD_CHECK = threading.Thread(target=_horovod_build_check,
+            _HOROVOD_CHECK = threading.Thread(target=_horovod_build_check, args=(controller,),
                                               name="horovod-build-check", daemon=True)
             _HOROVOD_CHECK.start()
 
 
-def _horovod_build_check() -> None:
+def _horovod_build_check(controller: str) -> None:
     from horovod.common.util import gloo_built
     try:
-        # verbose=False: the cache key horovod.runner.launch.run_controller uses at verbose < 2.
-        gloo_built(verbose=False)
+        # verbose=False: the cache key horovod.runner.launch.run_controller uses at verbose < 2;
+        # mpi_missing() runs (and caches) Horovod's mpi_built check.
+        if controller == "gloo" or (controller == "auto" and mpi_missing()):
+            gloo_built(verbose=False)
+        else:
+            mpi_missing()
     except Exception:  # noqa: BLE001 - only a warm-up: horovod.spark.run checks again itself
         log.debug("background Horovod build check failed; Horovod will check again",
                   exc_info=True)
@@ -277,13 +282,13 @@ def run_training(spark, config: JobConfig, extra_settings: dict | None = None,
     from nnfund_spark.tracking.run_logging import log_training_artifacts
 
     job_started = time.time()
-    start_horovod_build_check()
+    start_horovod_build_check(config.train.controller)
     dataset_dir = resolve(config.data.output_dir)
     manifest = read_manifest(dataset_dir)
     check_splits_for(config.train, manifest, dataset_dir.display)
-    check_controller(config.train.controller)
     num_proc = resolve_num_proc(spark, config.train)
     resume = resume_point(config.train)
+    controller = resolve_controller(config.train.controller)
     tracking_uri = resolve_tracking_uri(config.tracking)
 
     with start_job_run(config.tracking, tracking_uri, run_name,
@@ -300,6 +305,8 @@ def run_training(spark, config: JobConfig, extra_settings: dict | None = None,
             mlflow.log_params({k: ("" if v is None else v) for k, v in params.items()})
             mlflow.set_tags(run_tags(spark))
             log_manifest_to_mlflow(manifest, dataset_dir.uri)
+        # A tag, not a param: a resumed run may land on a host that resolves "auto" otherwise.
+        mlflow.set_tag("controller", controller)
 
         settings = worker_settings(config, manifest, dataset_dir)
         settings.update({"tracking_uri": tracking_uri, "mlflow_run_id": run.info.run_id,
@@ -312,7 +319,7 @@ def run_training(spark, config: JobConfig, extra_settings: dict | None = None,
         wait_for_horovod_build_check()
         started = time.time()
         # Horovod: one barrier task per rank; Gloo rendezvous through the driver, or mpirun.
-        mpi = config.train.controller == "mpi"
+        mpi = controller == "mpi"
         try:
             results = horovod.spark.run(train_worker, args=(settings,),
                                         num_proc=num_proc,
@@ -354,6 +361,7 @@ def run_training(spark, config: JobConfig, extra_settings: dict | None = None,
     for result in results:
         result.pop("weights", None)
     return {"run_id": run.info.run_id, "tracking_uri": tracking_uri, "model_uri": model_uri,
+            "controller": controller,
             "test_accuracy": rank0["test_accuracy"], "test_loss": rank0["test_loss"],
             "job_started": job_started, "target_epoch": rank0["target_epoch"],
             "time_to_target_seconds": rank0["time_to_target_seconds"],
@@ -372,10 +380,26 @@ def _worker_env(mpi: bool = False) -> dict:
     return env
 
 
-def check_controller(controller: str) -> None:
-    """Refuse train.controller=mpi before any rank starts when this host cannot run it."""
-    if controller != "mpi":
-        return
+def resolve_controller(choice: str) -> str:
+    """The controller the ranks will use: "gloo" or "mpi".
+
+    "auto" is mpi when this driver's Horovod was built with MPI and mpirun is on the PATH,
+    else gloo. An explicit "mpi" this host cannot run is refused before any rank starts,
+    naming what is missing."""
+    if choice == "gloo":
+        return "gloo"
+    wait_for_horovod_build_check()  # it may be running mpi_built right now
+    missing = mpi_missing()
+    if choice == "auto":
+        return "gloo" if missing else "mpi"
+    if missing:
+        raise ValueError("train.controller=mpi needs " + " and ".join(missing)
+                         + "; or use train.controller=gloo (or auto)")
+    return "mpi"
+
+
+def mpi_missing() -> list:
+    """What this host lacks to launch ranks with mpirun (empty when it can)."""
     import shutil
 
     from horovod.common.util import mpi_built
@@ -387,6 +411,4 @@ def check_controller(controller: str) -> None:
     if not shutil.which("mpirun"):
         missing.append("mpirun on the driver's PATH (Open MPI, e.g. apt-get install "
                        "openmpi-bin libopenmpi-dev)")
-    if missing:
-        raise ValueError("train.controller=mpi needs " + " and ".join(missing)
-                         + "; or use train.controller=gloo")
+    return missing
