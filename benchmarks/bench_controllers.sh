@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Gloo against MPI for the 2-rank scaling row, by hand (Horovod must be built with MPI: see the
-# README, "Controllers: Gloo or MPI"). Alternates four jobs for ROUNDS rounds on a prepared
+# Gloo against MPI for the 2-rank scaling row, by hand (Horovod must be built with MPI, as
+# `make setup` does: see the README, "Controllers: MPI or Gloo"). Alternates four jobs for ROUNDS rounds on a prepared
 # 30,000-image MNIST dataset, each rank bound to one core with one TensorFlow thread:
 #   solo    1 rank (no Horovod)
 #   mpi     2 ranks, train.controller=mpi
