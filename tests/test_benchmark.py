@@ -11,6 +11,7 @@ import pytest
 
 from nnfund_spark.config import ConfigError, DataConfig, load_config
 from nnfund_spark.training.worker import bind_cpus
+from tests.conftest import stack_controller
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -145,6 +146,9 @@ def test_quick_benchmark_runs_every_step_side_by_side(tmp_path):
     assert results["hardware_ceiling"]["ratio"] > 0
     assert table.count("\n| ") == 11 and "| 3c |" in table
     assert "Time to 93.0% MNIST test accuracy" in table
+    # The scaling row says which controller its ranks used: the stack's (train.controller=auto).
+    assert runs["ours_2_ranks_1_core_each"]["controller"] == stack_controller()
+    assert f"1 thread each (img/s; {stack_controller()} controller)" in table
 
     # The datasets are gone, the logs stay; MLflow has the summary run and every job's run.
     work = output / "work"

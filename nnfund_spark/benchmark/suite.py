@@ -346,6 +346,8 @@ def throughput_figures(runs: dict, epochs: int, pair: list | None = None) -> dic
             "read_seconds": read, "wall_seconds": run["wall_seconds"],
             "amortized_images_per_second": images * epochs / (steady * epochs + read),
         }
+        if run.get("controller"):  # ours: which controller (train.controller) the ranks used
+            figures[name]["controller"] = run["controller"]
     plain, one, two = (figures["plain_1_core"], figures["ours_1_rank_1_core"],
                        figures["ours_2_ranks_1_core_each"])
     ceiling = together = None
