@@ -58,3 +58,17 @@ def test_a_rank_knows_itself_from_either_launcher(monkeypatch, env, expected):
     defaults = {"rank": 0, "size": 1, "local_rank": 0, "local_size": 1}
     assert tuple(collectives.launcher_value(name, default)
                  for name, default in defaults.items()) == expected
+
+
+def test_the_epoch_line_leaves_out_what_the_epoch_did_not_compute():
+    from nnfund_spark.training.callbacks import epoch_line
+
+    full = {"loss": 0.25, "accuracy": 0.9, "val_loss": 0.3, "val_accuracy": 0.88,
+            "learning_rate": 1e-3}
+    assert epoch_line(0, full, 6000, 2.0) == ("epoch 1: loss 0.2500 acc 0.9000 val_loss 0.3000 "
+                                              "val_acc 0.8800 lr 1.00e-03 3000 img/s 2.0s")
+    # No validation split: the sharded evaluation reports nan, the line omits it.
+    empty_split = {"loss": 0.25, "accuracy": 0.9, "val_loss": float("nan"),
+                   "val_accuracy": float("nan"), "test_accuracy": 0.95, "learning_rate": 1e-3}
+    assert epoch_line(2, empty_split, 6000, 3.0) == ("epoch 3: loss 0.2500 acc 0.9000 "
+                                                     "test_acc 0.9500 lr 1.00e-03 2000 img/s 3.0s")

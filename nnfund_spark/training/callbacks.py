@@ -161,15 +161,25 @@ class EpochLogger(tf.keras.callbacks.Callback):
             if self.job_started:
                 logs["elapsed_seconds"] = time.time() - self.job_started
         if self.verbose:
-            logs = logs or {}
-            print(f"epoch {epoch + 1}: loss {logs.get('loss', float('nan')):.4f} "
-                  f"acc {logs.get('accuracy', float('nan')):.4f} "
-                  f"val_loss {logs.get('val_loss', float('nan')):.4f} "
-                  f"val_acc {logs.get('val_accuracy', float('nan')):.4f} "
-                  + (f"test_acc {logs['test_accuracy']:.4f} " if "test_accuracy" in logs else "")
-                  + f"lr {logs.get('learning_rate', float('nan')):.2e} "
-                  f"{self.images_per_epoch / seconds:.0f} img/s {seconds:.1f}s",
-                  file=sys.stderr, flush=True)
+            # One write per line: under mpirun each write is tagged ("[1,0]<stderr>:"), and
+            # print() writes the newline separately, which left a stray tag after the line.
+            sys.stderr.write(epoch_line(epoch, logs or {}, self.images_per_epoch, seconds) + "\n")
+            sys.stderr.flush()
+
+
+def epoch_line(epoch: int, logs: dict, images: int, seconds: float) -> str:
+    """Rank 0's one-line epoch summary; metrics the epoch did not compute (no validation
+    split, no per-epoch test evaluation) are left out rather than printed as nan."""
+    parts = [f"epoch {epoch + 1}:"]
+    for key, label in (("loss", "loss"), ("accuracy", "acc"), ("val_loss", "val_loss"),
+                       ("val_accuracy", "val_acc"), ("test_accuracy", "test_acc")):
+        value = logs.get(key)
+        if value is not None and value == value:  # skip missing and nan
+            parts.append(f"{label} {value:.4f}")
+    if logs.get("learning_rate") is not None:
+        parts.append(f"lr {logs['learning_rate']:.2e}")
+    parts.append(f"{images / seconds:.0f} img/s {seconds:.1f}s")
+    return " ".join(parts)
 
 
 class MlflowEpochLogger(tf.keras.callbacks.Callback):
