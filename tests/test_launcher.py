@@ -22,6 +22,22 @@ def job_config(out, tmp_path, *extra):
         "tracking.log_artifacts=false", "tracking.log_model=false", *extra])
 
 
+def kill_rank_1_mid_epoch(spark, config, tmp_path, epoch):
+    """Run the job with rank 1 SIGKILLed at batch 10 of `epoch`; the job must end (no hang)
+    with an error naming an exit or a rank. Returns the MLflow client and the job's one run."""
+    from mlflow.tracking import MlflowClient
+
+    started = time.time()
+    with pytest.raises(Exception) as err:
+        run_training(spark, config, extra_settings={
+            "fault_injection": {"target_rank": 1, "epoch": epoch, "batch": 10, "mode": "kill"}})
+    assert time.time() - started < 240, "a dead worker must end the job, not hang it"
+    assert "exit" in str(err.value).lower() or "rank" in str(err.value).lower()
+    client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
+    (run,) = client.search_runs([client.get_experiment_by_name("launcher").experiment_id])
+    return client, run
+
+
 @pytest.mark.parametrize("controller", ["gloo", "mpi"])
 def test_uneven_shards_run_equal_steps_and_use_every_example(spark, small_mnist, tmp_path,
                                                              controller):
@@ -41,21 +57,12 @@ def test_uneven_shards_run_equal_steps_and_use_every_example(spark, small_mnist,
 
 def test_killed_worker_fails_fast_then_resume_continues_the_same_run(spark, small_mnist,
                                                                        tmp_path):
-    from mlflow.tracking import MlflowClient
-
     out, _ = small_mnist
     checkpoints = tmp_path / "ckpt"
     config = job_config(out, tmp_path, "train.epochs=3", f"train.checkpoint_dir={checkpoints}")
-    started = time.time()
-    with pytest.raises(Exception) as err:
-        # rank 1 is SIGKILLed in the middle of the second epoch (default controller: the
-        # stack's, MPI; the Gloo case is the next test)
-        run_training(spark, config, extra_settings={
-            "fault_injection": {"target_rank": 1, "epoch": 1, "batch": 10, "mode": "kill"}})
-    assert time.time() - started < 240, "a dead worker must end the job, not hang it"
-    assert "exit" in str(err.value).lower() or "rank" in str(err.value).lower()
-    client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
-    (failed,) = client.search_runs([client.get_experiment_by_name("launcher").experiment_id])
+    # rank 1 is SIGKILLed in the middle of the second epoch (default controller: the
+    # stack's, MPI; the Gloo case is the next test)
+    client, failed = kill_rank_1_mid_epoch(spark, config, tmp_path, epoch=1)
     assert failed.info.status == "FAILED"
     latest = json.loads((checkpoints / (checkpoints / "latest").read_text().strip()
                          / "meta.json").read_text())
@@ -87,18 +94,9 @@ def test_killed_worker_fails_fast_then_resume_continues_the_same_run(spark, smal
 
 
 def test_killed_worker_ends_a_gloo_job_too(spark, small_mnist, tmp_path):
-    from mlflow.tracking import MlflowClient
-
     out, _ = small_mnist
     config = job_config(out, tmp_path, "train.epochs=2", "train.controller=gloo")
-    started = time.time()
-    with pytest.raises(Exception) as err:
-        run_training(spark, config, extra_settings={
-            "fault_injection": {"target_rank": 1, "epoch": 0, "batch": 10, "mode": "kill"}})
-    assert time.time() - started < 240, "a dead worker must end the job, not hang it"
-    assert "exit" in str(err.value).lower() or "rank" in str(err.value).lower()
-    client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
-    (failed,) = client.search_runs([client.get_experiment_by_name("launcher").experiment_id])
+    _, failed = kill_rank_1_mid_epoch(spark, config, tmp_path, epoch=0)
     assert failed.info.status == "FAILED" and failed.data.tags["controller"] == "gloo"
 
 
