@@ -34,7 +34,8 @@ def main() -> int:
     parser.add_argument("--no-binding", action="store_true",
                         help="leave the ranks free to run on any core")
     args = parser.parse_args()
-    local_rank = int(os.environ.get("HOROVOD_LOCAL_RANK", "0"))
+    local_rank = int(os.environ.get("HOROVOD_LOCAL_RANK",
+                                    os.environ.get("OMPI_COMM_WORLD_LOCAL_RANK", "0")))
     if not args.no_binding:
         cores = sorted(os.sched_getaffinity(0))
         os.sched_setaffinity(0, {cores[local_rank % len(cores)]})

@@ -285,3 +285,10 @@ def test_each_throughput_contender_keeps_its_best_round():
     assert out["runs"]["ours_2_ranks_1_core_each"]["steady_epoch_seconds"] == 10.0
     assert out["runs"]["plain_1_core"]["steady_epoch_seconds"] == 8.0
     assert out["hardware_ceiling"]["ratio"] == 2.0 and out["rounds"] == 2
+    # each round's own ratio: round 1 paired a slow 1-rank job (12 s) with a fast pair (10 s),
+    # round 2 the reverse; the accumulating jobs ran at one speed per round
+    assert out["scaling"]["round_ratios"] == pytest.approx([12 / 10, 10 / 12])
+    assert out["scaling_accumulated"]["round_ratios"] == pytest.approx([1.0, 1.0])
+    from nnfund_spark.benchmark.suite import _per_round
+    assert _per_round(out["scaling"]) == "; rounds: 1.20×, 0.83×"
+    assert _per_round({"round_ratios": [1.5]}) == ""
