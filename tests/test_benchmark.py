@@ -144,7 +144,16 @@ def test_quick_benchmark_runs_every_step_side_by_side(tmp_path):
     assert set(results["checks"].values()) == {"n/a (quick)"}
     table = (output / "benchmark.md").read_text()
     assert results["hardware_ceiling"]["ratio"] > 0
-    assert table.count("\n| ") == 11 and "| 3c |" in table
+    assert table.count("\n| ") == 12 and "| 3c |" in table and "| 2b |" in table
+    # Row 2 ran side by side, one core each, and compared epochs that overlapped.
+    together = results["input_pipeline"]["side_by_side"]
+    (pair,) = together["rounds"]
+    assert pair["plain_core"] != pair["ours_core"]
+    assert pair["plain_epochs_compared"] >= 1 and pair["our_epochs_compared"] >= 1
+    assert together["ratio"] == pytest.approx(
+        together["our_images_per_second"] / together["plain_images_per_second"])
+    logs = output / "work" / "logs"
+    assert (logs / "side_by_side_launcher_1_rank.log").exists()
     assert "Time to 93.0% MNIST test accuracy" in table
     # The scaling row says which controller its ranks used: the stack's (train.controller=auto).
     assert runs["ours_2_ranks_1_core_each"]["controller"] == stack_controller()
@@ -231,6 +240,30 @@ def test_throughput_arithmetic_on_known_timestamps():
     assert accumulated["efficiency_of_ceiling"] == pytest.approx(8 / 4.5 / 1.8)
 
 
+def test_side_by_side_compares_only_epochs_that_overlap_the_other_sides_steady_ones():
+    from nnfund_spark.benchmark.suite import side_by_side_figures, side_by_side_rounds
+
+    # plain: epochs end at 10, 18, 26, ... 90 (8 s each); its epochs 2.. span 10 → 90.
+    plain = _plain(0.0, [10.0 + 8 * k for k in range(11)], 8000)
+    # ours: job starts at t=5, epochs end 25, 35, 55 s later (10 s, then a 20 s epoch):
+    # epochs 2.. span 30 → 60; plain's epochs wholly inside are 34-42, 42-50, 50-58.
+    ours = _job(0.0, 5.0, [25.0, 35.0, 55.0], [5000, 5000], 2.0)
+    out = side_by_side_figures(plain, ours, epochs=2)
+    assert out["plain_epochs_compared"] == 3 and out["our_epochs_compared"] == 2
+    assert out["plain_images_per_second"] == pytest.approx(1000.0)
+    # ours: median of 10 s and 20 s = 15 s for 10,000 images; the read adds 2 s over 2 epochs
+    assert out["our_images_per_second"] == pytest.approx(10000 / 15)
+    assert out["ratio"] == pytest.approx(10000 / 15 / 1000)
+    assert out["ratio_with_read"] == pytest.approx(10000 * 2 / 32 / 1000)
+    # No overlap (plain ended before our steady epochs began): no ratio rather than a wrong one.
+    early = _plain(0.0, [10.0, 18.0, 26.0], 8000)
+    assert side_by_side_figures(early, ours, epochs=2)["ratio"] is None
+    lone = side_by_side_rounds([{"plain": early, "ours": ours, "plain_core": 1, "ours_core": 0}],
+                               epochs=2)
+    assert lone["ratio"] is None and lone["rounds"][0]["our_epochs_compared"] == 0
+    assert side_by_side_rounds([None], epochs=2) is None
+
+
 def test_time_to_accuracy_arithmetic_and_a_baseline_that_never_gets_there():
     from nnfund_spark.benchmark.suite import time_to_accuracy_figures
 
@@ -255,7 +288,7 @@ def test_each_throughput_contender_keeps_its_best_round():
         """Round 1 is slow for our 1-rank job and fast for the rest; round 2 the reverse."""
 
         def __init__(self):
-            self.names = []
+            self.names, self.cores = [], []
 
         def _slow(self, name):
             return ("round2" in name) != ("launcher_1_rank_1_core" in name and
@@ -274,11 +307,25 @@ def test_each_throughput_contender_keeps_its_best_round():
             epoch = 12.0 if self._slow(name) else 10.0
             return _job(0.0, 0.0, [20.0, 20.0 + epoch, 20.0 + 2 * epoch], [8000], 1.0)
 
+        def side_by_side(self, plain, ours, master):
+            self.names += [plain[0], ours[0]]
+            self.cores.append((plain[2], ours[3]))
+            # plain: 8 s epochs from t=10 to 90; ours: 10 s epochs ending at 30, 40, 50
+            return (_plain(0.0, [10.0 + 8 * k for k in range(11)], 8000),
+                    _job(0.0, 0.0, [30.0, 40.0, 50.0], [8000], 1.0))
+
     runner = FakeRunner()
     plan = BenchmarkPlan(throughput_epochs=3, throughput_rounds=2)
     out = _throughput(runner, plan, Path("unused"))
     # every contender ran in both rounds, round 2 under its own names
-    assert len(runner.names) == 2 * 9 and len(set(runner.names)) == 18
+    assert len(runner.names) == 2 * 11 and len(set(runner.names)) == 22
+    # the side-by-side pair swapped its cores between rounds, and its ratio is ours ÷ plain:
+    # 10 s against 8 s epochs, our 1 s read charged to 3 epochs
+    assert runner.cores == [([1], [0]), ([0], [1])]
+    together = out["input_pipeline"]["side_by_side"]
+    assert together["ratio"] == pytest.approx(0.8)
+    assert together["ratio_with_read"] == pytest.approx(8000 * 3 / 31 / 1000)
+    assert together["round_ratios"] == pytest.approx([8000 * 3 / 31 / 1000] * 2)
     assert "launcher_2_ranks_1_core_each_round2" in runner.names
     # our 1-rank job was fast in round 2 only, everything else in round 1: all keep 10 s / 8 s
     assert out["runs"]["ours_1_rank_1_core"]["steady_epoch_seconds"] == 10.0
