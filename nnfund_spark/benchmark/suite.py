@@ -1,8 +1,9 @@
 """The benchmark suite behind ``nnfund-spark benchmark`` (and ``jobs/benchmark.py``).
 
 Everything runs in one invocation on this machine, one contender after another (only the
-machine-ceiling pair runs two at once), each in its own process launched by the suite, so
-every time is taken the same way: from the moment the suite starts the process. The prepare
+machine-ceiling pair and row 2's side-by-side pair run two at once), each in its own process
+launched by the suite, so every time is taken the same way: from the moment the suite starts
+the process. The prepare
 comparison is the exception: both writers run inside the suite, Spark's session already up.
 
 1. **Time to accuracy**: our whole job (``nnfund-spark train -c mnist_fast``: Spark start,
