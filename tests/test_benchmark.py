@@ -315,7 +315,7 @@ def test_each_throughput_contender_keeps_its_best_round():
                     _job(0.0, 0.0, [30.0, 40.0, 50.0], [8000], 1.0))
 
     runner = FakeRunner()
-    plan = BenchmarkPlan(throughput_epochs=3, throughput_rounds=2)
+    plan = BenchmarkPlan(throughput_epochs=3, throughput_rounds=2, side_by_side_epochs=3)
     out = _throughput(runner, plan, Path("unused"))
     # every contender ran in both rounds, round 2 under its own names
     assert len(runner.names) == 2 * 11 and len(set(runner.names)) == 22
