@@ -3,8 +3,8 @@
 Everything runs in one invocation on this machine, one contender after another (only the
 machine-ceiling pair and row 2's side-by-side pair run two at once), each in its own process
 launched by the suite, so every time is taken the same way: from the moment the suite starts
-the process. The prepare
-comparison is the exception: both writers run inside the suite, Spark's session already up.
+the process. The prepare comparison is the exception: both writers run inside the suite,
+Spark's session already up.
 
 1. **Time to accuracy**: our whole job (``nnfund-spark train -c mnist_fast``: Spark start,
    Horovod launch, Petastorm read, training, sharded test evaluation after every epoch, stop at
@@ -152,15 +152,11 @@ class Runner:
         self.env["PYTHONPATH"] = os.pathsep.join(
             p for p in (package_root, self.env.get("PYTHONPATH")) if p)
 
-    def spawn(self, name: str, args: list[str]) -> tuple[float, float]:
-        """Run ``python args...``; returns (launch time, wall seconds). A failure raises
-        BenchmarkError with the tail of the process's log."""
-        return self.spawn_together({name: args})[name]
-
     def spawn_together(self, commands: dict, cores: dict | None = None) -> dict:
         """Start every ``{name: args}`` process at once and wait for all of them;
         {name: (launch time, wall seconds)}. ``cores``: {name: [cpu, ...]} confines that
-        process, and every process it starts, to those CPUs."""
+        process, and every process it starts, to those CPUs. A failure raises BenchmarkError
+        with the tail of the failed process's log."""
         processes, outputs, timings = {}, [], {}
         cores = cores or {}
         try:
@@ -381,7 +377,7 @@ def _throughput_round(runner: Runner, plan: BenchmarkPlan, dataset: Path, number
         # Row 2 side by side: plain Keras and our 1-rank job at once, one core each, the
         # cores swapped from one round to the next.
         ours_core, plain_core = ((cores[0], cores[1]) if number % 2 else (cores[1], cores[0]))
-        plain_side = [arg for arg in plain_args]
+        plain_side = list(plain_args)
         plain_side[plain_side.index("--epochs") + 1] = str(plan.side_by_side_plain_epochs)
         plain_run, our_run = runner.side_by_side(
             (f"side_by_side_plain_keras{suffix}", plain_side, [plain_core]),
