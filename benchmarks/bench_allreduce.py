@@ -21,6 +21,8 @@ import json
 import os
 import time
 
+from nnfund_spark.training.collectives import launcher_value
+
 # Tensor sizes in float32 elements: 4 KB, 224 KB, the convnet's 0.9 MB, 4 MB.
 SIZES = (1_000, 56_000, 225_034, 1_000_000)
 # The convnet (filters 32, 64; dense 128) gradient shapes, fused by Horovod into one buffer.
@@ -34,8 +36,7 @@ def main() -> int:
     parser.add_argument("--no-binding", action="store_true",
                         help="leave the ranks free to run on any core")
     args = parser.parse_args()
-    local_rank = int(os.environ.get("HOROVOD_LOCAL_RANK",
-                                    os.environ.get("OMPI_COMM_WORLD_LOCAL_RANK", "0")))
+    local_rank = launcher_value("local_rank", 0)  # horovodrun --gloo or --mpi
     if not args.no_binding:
         cores = sorted(os.sched_getaffinity(0))
         os.sched_setaffinity(0, {cores[local_rank % len(cores)]})

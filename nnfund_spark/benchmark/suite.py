@@ -304,7 +304,7 @@ def _throughput(runner: Runner, plan: BenchmarkPlan, dataset: Path) -> dict:
             for name in rounds[0]["runs"]}
     # The ceiling pair counts as one contender: its best round is the one with more images/s.
     pair = max((each["pair"] for each in rounds),
-               key=lambda two: sum(run["train_images"] / _steady_of(run) for run in two))
+               key=lambda two: sum(_rate(run) for run in two))
     figures = throughput_figures(runs, plan.throughput_epochs, pair)
     figures["rounds"] = plan.throughput_rounds
     figures["input_pipeline"]["side_by_side"] = side_by_side_rounds(
@@ -322,9 +322,12 @@ def _throughput(runner: Runner, plan: BenchmarkPlan, dataset: Path) -> dict:
 
 def round_ratios(rounds: list, numerator: str, denominator: str) -> list:
     """images/s of ``numerator`` ÷ images/s of ``denominator``, round by round."""
-    def rate(run):
-        return _run_images(run) / _steady_of(run)
-    return [rate(each["runs"][numerator]) / rate(each["runs"][denominator]) for each in rounds]
+    return [_rate(each["runs"][numerator]) / _rate(each["runs"][denominator]) for each in rounds]
+
+
+def _rate(run: dict) -> float:
+    """Steady-state images/s of one raw run (plain Keras or our job)."""
+    return _run_images(run) / _steady_of(run)
 
 
 def _steady_of(run: dict) -> float:
@@ -403,6 +406,16 @@ def _run_images(run: dict) -> int:
             else sum(r["train_shard_size"] for r in run["ranks"]))
 
 
+def _read_seconds(run: dict) -> float:
+    """The job's one-off shard read (its slowest rank's); plain Keras reads nothing."""
+    return 0.0 if "epoch_seconds" in run else max(r["read_seconds"] for r in run["ranks"])
+
+
+def _amortized_rate(images: int, steady: float, epochs: int, read: float) -> float:
+    """images/s over ``epochs`` steady epochs with a one-off read charged to them."""
+    return images * epochs / (steady * epochs + read)
+
+
 def side_by_side_figures(plain: dict, ours: dict, epochs: int) -> dict:
     """Images/s of a plain Keras run and our job that ran at the same time on different cores.
 
@@ -426,13 +439,12 @@ def side_by_side_figures(plain: dict, ours: dict, epochs: int) -> dict:
     if not plain_walls or not our_walls:
         return figures
     plain_rate = _run_images(plain) / statistics.median(plain_walls)
-    our_steady = statistics.median(our_walls)
-    read = max(r["read_seconds"] for r in ours["ranks"])
-    our_amortized = _run_images(ours) * epochs / (our_steady * epochs + read)
+    our_images, our_steady = _run_images(ours), statistics.median(our_walls)
+    our_amortized = _amortized_rate(our_images, our_steady, epochs, _read_seconds(ours))
     figures.update(plain_images_per_second=plain_rate,
-                   our_images_per_second=_run_images(ours) / our_steady,
+                   our_images_per_second=our_images / our_steady,
                    our_amortized_images_per_second=our_amortized,
-                   ratio=_run_images(ours) / our_steady / plain_rate,
+                   ratio=our_images / our_steady / plain_rate,
                    ratio_with_read=our_amortized / plain_rate)
     return figures
 
@@ -466,21 +478,16 @@ def throughput_figures(runs: dict, epochs: int, pair: list | None = None) -> dic
     ``pair``: two plain runs that ran at once on two cores (the 2-worker hardware ceiling)."""
     figures = {}
     for name, run in runs.items():
-        images = _run_images(run)
-        if "epoch_seconds" in run:  # plain Keras
-            first_epoch_end = run["epoch_ended_at"][0]
-            read = 0.0
-        else:
-            first_epoch_end = run["job_started"] + run["history"]["elapsed_seconds"][0]
-            read = max(r["read_seconds"] for r in run["ranks"])
-        steady = _steady_of(run)
+        images, read, steady = _run_images(run), _read_seconds(run), _steady_of(run)
+        first_epoch_end = (run["epoch_ended_at"][0] if "epoch_seconds" in run  # plain Keras
+                           else run["job_started"] + run["history"]["elapsed_seconds"][0])
         figures[name] = {
             "images": images, "epochs": epochs, "steady_epoch_seconds": steady,
             "images_per_second": images / steady,
             # Launch → end of epoch 1, minus one steady epoch: start-up plus first-epoch tracing.
             "startup_seconds": first_epoch_end - run["launched"] - steady,
             "read_seconds": read, "wall_seconds": run["wall_seconds"],
-            "amortized_images_per_second": images * epochs / (steady * epochs + read),
+            "amortized_images_per_second": _amortized_rate(images, steady, epochs, read),
         }
         if run.get("controller"):  # ours: which controller (train.controller) the ranks used
             figures[name]["controller"] = run["controller"]
@@ -488,7 +495,7 @@ def throughput_figures(runs: dict, epochs: int, pair: list | None = None) -> dic
                        figures["ours_2_ranks_1_core_each"])
     ceiling = together = None
     if pair:
-        together = sum(run["train_images"] / _steady_of(run) for run in pair)
+        together = sum(_rate(run) for run in pair)
         ceiling = together / plain["images_per_second"]
     accumulated = None
     if "ours_2_ranks_accumulate" in figures:
