@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from nnfund_spark.config import ConfigError, DataConfig, load_config
+from nnfund_spark.config import ConfigError, DataConfig, TrainConfig, load_config
 from nnfund_spark.training.worker import bind_cpus
 from tests.conftest import stack_controller
 
@@ -132,6 +132,9 @@ def test_quick_benchmark_runs_every_step_side_by_side(tmp_path):
         runs["ours_2_ranks_1_core_each"]["images_per_second"]
         / runs["ours_1_rank_1_core"]["images_per_second"])
     assert runs["ours_1_rank_1_core"]["read_seconds"] > 0
+    # Both sides ran the launcher's steps per call of the train function.
+    assert {run["steps_per_execution"] for run in runs.values()} == {
+        TrainConfig.steps_per_execution}
     assert results["scaling_accumulated"]["ratio"] == pytest.approx(
         runs["ours_2_ranks_accumulate"]["images_per_second"]
         / runs["ours_1_rank_accumulate"]["images_per_second"])

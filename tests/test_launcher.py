@@ -59,7 +59,9 @@ def test_killed_worker_fails_fast_then_resume_continues_the_same_run(spark, smal
                                                                        tmp_path):
     out, _ = small_mnist
     checkpoints = tmp_path / "ckpt"
-    config = job_config(out, tmp_path, "train.epochs=3", f"train.checkpoint_dir={checkpoints}")
+    # 4 steps per call, so the kill after batch 10 lands mid-epoch (batch 11 of 29)
+    config = job_config(out, tmp_path, "train.epochs=3", f"train.checkpoint_dir={checkpoints}",
+                        "train.steps_per_execution=4")
     # rank 1 is SIGKILLed in the middle of the second epoch (default controller: the
     # stack's, MPI; the Gloo case is the next test)
     client, failed = kill_rank_1_mid_epoch(spark, config, tmp_path, epoch=1)
@@ -95,7 +97,8 @@ def test_killed_worker_fails_fast_then_resume_continues_the_same_run(spark, smal
 
 def test_killed_worker_ends_a_gloo_job_too(spark, small_mnist, tmp_path):
     out, _ = small_mnist
-    config = job_config(out, tmp_path, "train.epochs=2", "train.controller=gloo")
+    config = job_config(out, tmp_path, "train.epochs=2", "train.controller=gloo",
+                        "train.steps_per_execution=4")
     _, failed = kill_rank_1_mid_epoch(spark, config, tmp_path, epoch=0)
     assert failed.info.status == "FAILED" and failed.data.tags["controller"] == "gloo"
 
@@ -176,27 +179,34 @@ rng = np.random.default_rng(0)
 x = rng.normal(size=(256, 20)).astype(np.float32)
 y = rng.integers(0, 3, 256)
 
-def fit(batch, k):
+def fit(batch, k, steps_per_execution=1):
     tf.keras.utils.set_random_seed(1)
     model = tf.keras.Sequential([tf.keras.Input((20,)), tf.keras.layers.Dense(16, "relu"),
                                  tf.keras.layers.Dense(3)])
     plain = tf.keras.optimizers.SGD(0.1)
     optimizer = distribute_optimizer(plain, hvd.size(), k)
-    model.compile(optimizer, tf.keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    model.compile(optimizer, tf.keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+                  steps_per_execution=steps_per_execution)
     model.fit(x, y, batch_size=batch, epochs=2, shuffle=False, verbose=0)
     return model.get_weights(), optimizer is plain
 
 every_step, kept_plain = fit(64, 1)
 accumulated, wrapped_plain = fit(16, 4)
+# 16 local batches an epoch, 5 per call of the train function: the sums straddle the calls.
+looped, _ = fit(16, 4, steps_per_execution=5)
+
+def difference(weights):
+    return max(float(np.abs(a - b).max()) for a, b in zip(every_step, weights))
+
 print(json.dumps({"size": hvd.size(), "kept_plain": kept_plain, "wrapped_plain": wrapped_plain,
-                  "max_difference": max(float(np.abs(a - b).max())
-                                        for a, b in zip(every_step, accumulated))}))
+                  "max_difference": difference(accumulated),
+                  "max_difference_looped": difference(looped)}))
 """
 
 
 def test_accumulating_k_batches_equals_one_batch_k_times_larger():
-    """Four accumulated batches of 16 give the same SGD weights as batches of 64 (same order);
-    a single rank without accumulation keeps the plain optimizer (no allreduce at all)."""
+    """Four accumulated batches of 16 give the same SGD weights as batches of 64 (same order),
+    also when five steps run per call of the train function (steps_per_execution); a single rank without accumulation keeps the plain optimizer (no allreduce at all)."""
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2",
                PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])))
     proc = subprocess.run([sys.executable, "-c", ACCUMULATION_CHECK], capture_output=True,
@@ -206,3 +216,4 @@ def test_accumulating_k_batches_equals_one_batch_k_times_larger():
     assert result["size"] == 1
     assert result["kept_plain"] is True and result["wrapped_plain"] is False
     assert result["max_difference"] < 1e-5
+    assert result["max_difference_looped"] < 1e-5

@@ -120,6 +120,28 @@ def test_mlflow_run_reads_back(trained, small_mnist):
     assert (predicted == labels).mean() == pytest.approx(summary["test_accuracy"], abs=1e-9)
 
 
+def test_steps_per_execution_changes_the_calls_not_the_training(spark, small_mnist, tmp_path):
+    """Seven train steps per call of the compiled function (with an epoch's 57 steps, the last
+    call runs one) train exactly what one step per call trains: same weights, same history."""
+    out, _ = small_mnist
+    summaries = {}
+    for steps in (1, 7):
+        config = load_config(None, [
+            f"data.output_dir={out}", "train.num_proc=1", "train.epochs=2",
+            "train.batch_size=32", f"train.steps_per_execution={steps}",
+            f"tracking.tracking_uri=sqlite:///{tmp_path}/mlflow.db",
+            "tracking.experiment=steps_per_execution", "tracking.log_artifacts=false",
+            "tracking.log_model=false"])
+        summaries[steps] = run_training(spark, config)
+    one, seven = summaries[1], summaries[7]
+    assert [one["ranks"][0]["steps_per_execution"], seven["ranks"][0]["steps_per_execution"]] \
+        == [1, 7]
+    assert one["ranks"][0]["steps_per_epoch"] == seven["ranks"][0]["steps_per_epoch"] == 57
+    assert one["ranks"][0]["weights_sha256"] == seven["ranks"][0]["weights_sha256"]
+    assert one["history"]["loss"] == seven["history"]["loss"]
+    assert one["test_accuracy"] == seven["test_accuracy"] > 0.8
+
+
 def test_too_few_slots_fails_fast(spark, small_mnist):
     out, _ = small_mnist
     config = load_config(None, [f"data.output_dir={out}", "train.num_proc=3"])

@@ -15,8 +15,9 @@ source, limit, split seed and members) from the raw files, in memory.
   trained one epoch at a time and evaluated on the test split after each epoch until the test
   accuracy reaches ``--target`` or ``--max-epochs`` (15, the recipe's own) have run.
 - ``throughput``: a model of this package's zoo fitted from NumPy arrays for a fixed number of
-  epochs, optionally bound to given cores with a given thread count: the "same model fed from
-  memory" that the launcher's figures are divided by.
+  epochs, optionally bound to given cores with a given thread count and with a given number of
+  steps per call of the train function: the "same model fed from memory" that the launcher's
+  figures are divided by.
 
 The JSON written holds absolute ``time.time()`` stamps (process start, end of each epoch, when
 the target was reached), so the caller can measure both sides of a comparison from the moment
@@ -131,7 +132,8 @@ def throughput(args) -> dict:
     model = build_model(args.model, x_train.shape[1:], int(y_train.max()) + 1,
                         **json.loads(args.model_options))
     model.compile(loss="sparse_categorical_crossentropy",
-                  optimizer=tf.keras.optimizers.Adam(args.learning_rate), metrics=["accuracy"])
+                  optimizer=tf.keras.optimizers.Adam(args.learning_rate), metrics=["accuracy"],
+                  steps_per_execution=args.steps_per_execution)
     clock = _epoch_clock()
     fit_started = time.time()
     model.fit(x_train, y_train, batch_size=args.batch_size, epochs=args.epochs, shuffle=True,
@@ -141,7 +143,8 @@ def throughput(args) -> dict:
             "fit_started": fit_started, "epoch_ended_at": clock.ended,
             "epoch_seconds": [b - a for a, b in zip(ends, ends[1:])],
             "train_images": int(len(y_train)), "batch_size": args.batch_size,
-            "threads": args.threads, "cores": sorted(os.sched_getaffinity(0))}
+            "threads": args.threads, "steps_per_execution": args.steps_per_execution,
+            "cores": sorted(os.sched_getaffinity(0))}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -161,6 +164,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--learning-rate", type=float, default=0.001)
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--threads", type=int, default=0, help="TF threads (0 = TF's choice)")
+    parser.add_argument("--steps-per-execution", type=int, default=1,
+                        help="throughput: train steps per call of the compiled train function")
     parser.add_argument("--cores", default="",
                         help="comma-separated CPU ids to bind the process to (empty = all)")
     args = parser.parse_args(argv)

@@ -49,6 +49,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Optional
 
+from nnfund_spark.config import TrainConfig
+
 log = logging.getLogger(__name__)
 
 # The targets of the reference machine (2 cores, no GPU): (comparison, bound).
@@ -99,6 +101,9 @@ class BenchmarkPlan:
     throughput_epochs: int = 5
     throughput_rounds: int = 2
     throughput_batch_size: int = 64
+    # Train steps per call of the compiled train function, ours and plain Keras' alike (so
+    # the input pipeline is what differs between them): the launcher's default.
+    steps_per_execution: int = TrainConfig.steps_per_execution
     # The second scaling pair: gradients summed over this many local batches per allreduce.
     accumulation_steps: int = 8
     # Side-by-side input pair: our job trains side_by_side_epochs epochs; plain Keras trains
@@ -343,8 +348,10 @@ def _throughput_round(runner: Runner, plan: BenchmarkPlan, dataset: Path, number
     plain_args = ["--raw-dir", plan.mnist_raw, "--limit", str(plan.throughput_limit),
                   "--validation-fraction", "0", "--model", "convnet",
                   "--model-options", json.dumps(model_options), "--batch-size", str(batch),
-                  "--epochs", str(epochs), "--threads", "1"]
+                  "--epochs", str(epochs), "--threads", "1",
+                  "--steps-per-execution", str(plan.steps_per_execution)]
     job = [f"data.output_dir={dataset}", f"train.epochs={epochs}", f"train.batch_size={batch}",
+           f"train.steps_per_execution={plan.steps_per_execution}",
            "train.intra_op_threads=1", "train.log_dead_relu=false"]
     cores = sorted(os.sched_getaffinity(0))
     first_core = str(cores[0])
@@ -491,6 +498,9 @@ def throughput_figures(runs: dict, epochs: int, pair: list | None = None) -> dic
         }
         if run.get("controller"):  # ours: which controller (train.controller) the ranks used
             figures[name]["controller"] = run["controller"]
+        figures[name]["steps_per_execution"] = (run["ranks"][0].get("steps_per_execution")
+                                                if run.get("ranks")
+                                                else run.get("steps_per_execution"))
     plain, one, two = (figures["plain_1_core"], figures["ours_1_rank_1_core"],
                        figures["ours_2_ranks_1_core_each"])
     ceiling = together = None

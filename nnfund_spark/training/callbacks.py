@@ -201,7 +201,10 @@ class MlflowEpochLogger(tf.keras.callbacks.Callback):
 
 class FaultInjection(tf.keras.callbacks.Callback):
     """Test hook: kill this rank's process (SIGKILL, no cleanup, like an OOM kill or a lost
-    executor) or raise, at a given epoch and batch. Only added when settings ask for it."""
+    executor) or raise, at a given epoch and batch. Only added when settings ask for it.
+
+    With steps_per_execution > 1 Keras reports only every n-th batch, so it fires at the first
+    batch reported at or after the given one."""
 
     def __init__(self, rank: int, target_rank: int, epoch: int, batch: int, mode: str = "kill"):
         super().__init__()
@@ -214,7 +217,7 @@ class FaultInjection(tf.keras.callbacks.Callback):
         self.epoch = epoch
 
     def on_train_batch_end(self, batch, logs=None):
-        if self.active and (self.epoch, batch) == self.at:
+        if self.active and self.epoch == self.at[0] and batch >= self.at[1]:
             if self.mode == "kill":
                 import os
                 import signal

@@ -232,6 +232,7 @@ def worker_settings(config: JobConfig, manifest: dict, dataset_dir: Location) ->
         "fp16_allreduce": train.fp16_allreduce, "cpu_binding": train.cpu_binding,
         "cores_per_rank": train.cores_per_rank,
         "backward_passes_per_step": train.backward_passes_per_step,
+        "steps_per_execution": train.steps_per_execution,
         "target_accuracy": train.target_accuracy, "target_split": train.target_split,
     }
 

@@ -189,7 +189,8 @@ def _train(settings: dict) -> dict:
                   loss=make_loss(settings["loss"], num_classes, settings["one_hot"],
                                  settings["label_smoothing"]),
                   metrics=[tf.keras.metrics.SparseCategoricalAccuracy(name="accuracy")],
-                  jit_compile=bool(settings.get("xla")))
+                  jit_compile=bool(settings.get("xla")),
+                  steps_per_execution=settings.get("steps_per_execution", 1))
     augmenter = make_augmenter(settings["augment"], manifest["image_shape"],
                                settings["seed"] + rank) if settings["augment"] else None
 
@@ -287,6 +288,7 @@ def _train(settings: dict) -> dict:
         "train_shard_size": int(len(train_index)),
         "steps_per_epoch": int(steps),
         "backward_passes_per_step": settings.get("backward_passes_per_step", 1),
+        "steps_per_execution": int(model.steps_per_execution.numpy()),
         "allreduce_gradients": optimizer is not local_optimizer,
         "horovod": world.horovod,
         "first_epoch": first_epoch,
