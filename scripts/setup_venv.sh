@@ -37,8 +37,20 @@ PIP=("$VENV/bin/python" -m pip)
 if [[ "$NNFUND_MPI" == 1 ]] && ! command -v mpirun >/dev/null; then
   if [[ "$(id -u)" == 0 ]] && command -v apt-get >/dev/null; then
     echo "setup: installing Open MPI (Debian openmpi-bin, libopenmpi-dev)"
-    apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq openmpi-bin libopenmpi-dev >/dev/null
+    # Three tries: a mirror that is briefly unreachable should not fail a whole set-up.
+    for try in 1 2 3; do
+      if apt-get update -qq && DEBIAN_FRONTEND=noninteractive \
+           apt-get install -y -qq openmpi-bin libopenmpi-dev >/dev/null; then
+        break
+      fi
+      if [[ "$try" == 3 ]]; then
+        echo "setup: apt-get could not install Open MPI (3 tries, see above)." >&2
+        echo "  Fix the package source, or set NNFUND_MPI=0 to build Horovod with Gloo only." >&2
+        exit 1
+      fi
+      echo "setup: apt-get failed (try $try of 3); retrying in 10 s" >&2
+      sleep 10
+    done
   else
     echo "setup: Open MPI is missing and cannot be installed here (needs root and apt-get)." >&2
     echo "  Install it (Debian/Ubuntu: apt-get install openmpi-bin libopenmpi-dev) and rerun," >&2
@@ -51,8 +63,11 @@ if [[ "$NNFUND_MPI" == 1 ]]; then
 else
   WANT_BUILD="h.gloo_built()"; MPI_FLAG=HOROVOD_WITHOUT_MPI=1
 fi
-if ! "$VENV/bin/python" -c "import sys, horovod.tensorflow as h; sys.exit(0 if $WANT_BUILD else 1)" \
-     2>/dev/null; then
+horovod_has_controllers() {
+  "$VENV/bin/python" -c "import sys, horovod.tensorflow as h; sys.exit(0 if $WANT_BUILD else 1)" \
+    2>/dev/null
+}
+if ! horovod_has_controllers; then
   echo "setup: building Horovod with TensorFlow, Gloo and $MPI_FLAG (3-5 minutes on 2 cores)"
   # Uninstall first and bypass pip's wheel cache: a cached wheel from another build (say,
   # Gloo only) would otherwise be reused, since the build flags are not part of its key.
@@ -63,8 +78,7 @@ if ! "$VENV/bin/python" -c "import sys, horovod.tensorflow as h; sys.exit(0 if $
       "horovod[spark,tensorflow-cpu]"
 fi
 "${PIP[@]}" install -q --no-build-isolation -c constraints.txt -e ".[cpu,spark,test]"
-"$VENV/bin/python" -c "import sys, horovod.tensorflow as h; sys.exit(0 if $WANT_BUILD else 1)" \
-  2>/dev/null \
+horovod_has_controllers \
   || { echo "setup: Horovod lacks a controller it should have ($WANT_BUILD)" >&2;
        "$VENV/bin/horovodrun" --check-build >&2; exit 1; }
 echo "$WANT" > "$STAMP"

@@ -84,6 +84,10 @@ def test_killed_worker_fails_fast_then_resume_continues_the_same_run(spark, smal
     steps = sorted(m.step for m in client.get_metric_history(run.info.run_id, "val_accuracy"))
     assert steps == [1, 2, 3]
     assert len(summary["history"]["loss"]) == 3
+    # The clock continues across the resume: epoch 2 (the resumed job's first) ends at least
+    # its own duration after the interrupted job's last completed epoch.
+    elapsed, durations = summary["history"]["elapsed_seconds"], summary["history"]["epoch_seconds"]
+    assert elapsed[1] >= elapsed[0] + durations[1] and elapsed[2] >= elapsed[1] + durations[2]
     assert summary["test_accuracy"] > 0.8
     with pytest.raises(ValueError, match="already holds all 3 epochs"):
         run_training(spark, config)

@@ -77,6 +77,8 @@ def test_mlflow_run_reads_back(trained, small_mnist):
         history = client.get_metric_history(run.info.run_id, key)
         assert sorted(m.step for m in history) == [1, 2], key
     assert run.data.metrics["test_accuracy"] == pytest.approx(summary["test_accuracy"])
+    # The final test figures sit at the last epoch's step, the end of the per-epoch curves.
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "test_accuracy")] == [2]
 
     tags = run.data.tags
     for key in ("nnfund_spark.version", "spark.master", "tensorflow.version", "horovod.version"):

@@ -333,8 +333,11 @@ def run_training(spark, config: JobConfig, extra_settings: dict | None = None,
         rank0 = next(r for r in results if r["rank"] == 0)
         mlflow.log_metric("train_wall_seconds", wall)
         if rank0["test_count"]:
+            # At the step of the last epoch trained, so the UI's charts put the test point at
+            # the end of the per-epoch curves.
             mlflow.log_metrics({"test_loss": rank0["test_loss"],
-                                "test_accuracy": rank0["test_accuracy"]})
+                                "test_accuracy": rank0["test_accuracy"]},
+                               step=len(rank0["history"].get("loss", [])))
         if rank0["target_epoch"] is not None and rank0["time_to_target_seconds"] is not None:
             # Seconds from the start of run_training to the end of the epoch (and its
             # evaluation) that reached train.target_accuracy.

@@ -201,14 +201,21 @@ def _train(settings: dict) -> dict:
         checkpoint.restore(settings["resume_from"]["path"], model)
         first_epoch = settings["resume_from"]["epoch"]
         history = {k: list(v) for k, v in settings["resume_from"]["history"].items()}
+    # elapsed_seconds (and time to target) count the run's training time across resumes: a
+    # resumed job continues the clock from the checkpoint's last epoch, so the time between
+    # the interruption and the rerun (and the lost part of the interrupted epoch) is not in it.
+    clock_started = settings.get("job_started")
+    if clock_started is not None and history.get("elapsed_seconds"):
+        clock_started -= history["elapsed_seconds"][-1]
 
     if size > 1:
         # Horovod: every rank starts from rank 0's weights. Done once here rather than with
-        # hvd.callbacks.BroadcastGlobalVariablesCallback, whose per-batch hook would make Keras
-        # return to Python after every step. Optimizer slots start equal (zeros, or the same
-        # checkpoint on resume).
+        # hvd.callbacks.BroadcastGlobalVariablesCallback, whose per-batch hook Keras would call
+        # in Python after every call of the train function. Optimizer slots start equal (zeros,
+        # or the same checkpoint on resume).
         world.broadcast_variables(model.variables)
-    # No callback below has a per-batch hook: Keras then runs the steps without Python.
+    # No callback below has a per-batch hook, and Keras runs train.steps_per_execution steps
+    # per call of the compiled train function: Python runs once per that many steps.
     callbacks = [LearningRateLogger(rate), *world.metric_average_callbacks()]
     if "validation" in settings["split_urls"]:
         callbacks.append(ShardedEvaluation(shards["validation"][1:], num_classes, world,
@@ -231,8 +238,7 @@ def _train(settings: dict) -> dict:
     if rank == 0:
         if settings["log_dead_relu"] and relu_layers(model) and shards["validation"][1] is not None:
             callbacks.append(DeadReluMonitor(shards["validation"][1][:256]))
-        callbacks.append(EpochLogger(sum(shard_sizes), settings["verbose"],
-                                     settings.get("job_started")))
+        callbacks.append(EpochLogger(sum(shard_sizes), settings["verbose"], clock_started))
         if settings.get("mlflow_run_id"):
             tensorboard_dir = tempfile.mkdtemp(prefix="nnfund-tensorboard-")
             # Removed once uploaded; this covers a rank that fails before that.
@@ -265,7 +271,7 @@ def _train(settings: dict) -> dict:
         if target is not None and history.get(target_key, [0.0])[-1] >= target:
             target_epoch = epoch + 1
             if settings.get("job_started"):
-                time_to_target = time.time() - settings["job_started"]
+                time_to_target = time.time() - clock_started
             break
         if stopper.should_stop(history):
             break
