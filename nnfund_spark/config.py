@@ -124,6 +124,11 @@ class TrainConfig:
     # none | batch | layer | group, between each conv/dense layer and its activation.
     # None = the model's own choice (resnet: batch, others: none).
     normalization: Optional[str] = None
+    # Groups of "group" normalization (gcd with each layer's channels); None = 8.
+    norm_groups: Optional[int] = None
+    # Batch normalization's moving-average momentum: the share of the moving mean/variance kept
+    # each step; None = 0.99 (Keras'). Lower it (e.g. 0.9) for runs of few steps.
+    bn_momentum: Optional[float] = None
     # glorot_uniform | glorot_normal | he_uniform | he_normal | lecun_uniform | lecun_normal.
     # None = the model's own choice (Glorot, He for resnet).
     initializer: Optional[str] = None
@@ -397,9 +402,12 @@ def validate(config: JobConfig) -> JobConfig:
         raise ConfigError("data.validation_fraction: must be in [0, 1), "
                           f"got {config.data.validation_fraction}")
     for dotted, value in {"train.dropout": config.train.dropout,
-                          "train.dense_dropout": config.train.dense_dropout}.items():
+                          "train.dense_dropout": config.train.dense_dropout,
+                          "train.bn_momentum": config.train.bn_momentum}.items():
         if value is not None and not 0.0 <= value < 1.0:
             raise ConfigError(f"{dotted}: must be in [0, 1), got {value}")
+    if config.train.norm_groups is not None and config.train.norm_groups < 1:
+        raise ConfigError(f"train.norm_groups: must be >= 1, got {config.train.norm_groups}")
     if not 0.0 <= config.train.final_lr_fraction <= 1.0:
         raise ConfigError("train.final_lr_fraction: must be in [0, 1], "
                           f"got {config.train.final_lr_fraction}")

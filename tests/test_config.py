@@ -35,6 +35,8 @@ def test_repo_conf_files_load():
     ("train.epochs=0", "train.epochs: must be > 0"),
     ("train.backward_passes_per_step=0", "train.backward_passes_per_step: must be > 0"),
     ("train.steps_per_execution=0", "train.steps_per_execution: must be > 0"),
+    ("train.bn_momentum=1.0", "train.bn_momentum: must be in [0, 1)"),
+    ("train.norm_groups=0", "train.norm_groups: must be >= 1"),
     ("train.controller=nccl", "train.controller: 'nccl' is not one of auto, gloo, mpi"),
     ("data.validation_fraction=1.5", "data.validation_fraction: must be in [0, 1)"),
     ("train.dropout=1", "train.dropout: must be in [0, 1)"),

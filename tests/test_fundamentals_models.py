@@ -107,6 +107,17 @@ def test_normalization_sits_between_conv_and_activation(normalization, layer_cla
         assert isinstance(model.get_layer("c5_ln"), tf.keras.layers.LayerNormalization)
 
 
+def test_batch_norm_momentum_and_group_count_are_options():
+    model = build_model("lenet5", (28, 28, 1), 10, normalization="batch", bn_momentum=0.9)
+    assert model.get_layer("c1_bn").momentum == pytest.approx(0.9)
+    default = build_model("lenet5", (28, 28, 1), 10, normalization="batch")
+    assert default.get_layer("c1_bn").momentum == pytest.approx(0.99)  # Keras' own
+    grouped = build_model("lenet5", (28, 28, 1), 10, normalization="group", norm_groups=4)
+    assert grouped.get_layer("c3_gn").groups == 4  # gcd(16 channels, 4)
+    with pytest.raises(ValueError, match=r"bn_momentum must be a number in \[0, 1\), got 1.5"):
+        build_model("lenet5", (28, 28, 1), 10, normalization="batch", bn_momentum=1.5)
+
+
 def test_activation_initializer_and_penalties():
     model = build_model("mnist_cnn", (28, 28, 1), 10, activation="leaky_relu",
                         activation_params={"alpha": 0.2}, initializer="he_normal", l1=1e-5,
@@ -248,3 +259,16 @@ def test_keras_silently_drops_a_border_where_the_formula_refuses():
     assert output.shape[1] == 15  # floor((32 - 3) / 2) + 1: the last column is never seen
     with pytest.raises(ValueError, match="does not fit"):
         conv_output_size(32, 3, 0, 2)
+
+
+def test_train_config_reaches_the_model_builder():
+    """train.bn_momentum and train.norm_groups go to the builder; unset, the model's defaults."""
+    from nnfund_spark.config import load_config
+    from nnfund_spark.training.launcher import model_kwargs
+
+    train = load_config(None, ["train.model=lenet5", "train.normalization=batch",
+                               "train.bn_momentum=0.9", "train.norm_groups=4"]).train
+    model = build_model("lenet5", (28, 28, 1), 10, **model_kwargs(train, {}))
+    assert model.get_layer("c1_bn").momentum == pytest.approx(0.9)
+    defaults = model_kwargs(load_config(None, []).train, {})
+    assert defaults["bn_momentum"] is None and defaults["norm_groups"] is None

@@ -5,23 +5,25 @@ from nnfund_spark.config import load_config
 from nnfund_spark.training.launcher import run_training
 
 KNOB_SETS = {
-    # MLP: leaky ReLU, L1+L2, batch norm, He init, standardized input, MSE (quadratic cost),
+    # MLP: leaky ReLU, L1+L2, batch norm (momentum 0.9), He init, standardized input, MSE (quadratic cost),
     # Nesterov momentum, step decay, augmentation, early stopping, dead-ReLU metric.
     "mlp_mse_nesterov": [
         "train.model=mlp", "train.model_options={units: [128, 64]}",
         "train.activation=leaky_relu", "train.activation_params={alpha: 0.1}",
         "train.l1=0.00001", "train.l2=0.0001", "train.normalization=batch",
+        "train.bn_momentum=0.9",
         "train.initializer=he_normal", "train.input_normalization=standardize",
         "train.loss=mse", "train.optimizer=nesterov", "train.learning_rate=0.5",
         "train.optimizer_options={momentum: 0.8}", "train.schedule=step",
         "train.schedule_options={drop_every_epochs: 1, drop_factor: 0.5}",
         "train.augment={random_crop: 2, rotation: 5, translation: 0.05, scale: 0.05, noise: 4}",
         "train.early_stopping_patience=2", "train.dense_dropout=0.2"],
-    # CNN: a small ResNet with group norm, swish, one-hot labels with smoothing, Adamax,
+    # CNN: a small ResNet with group norm (4 groups), swish, one-hot labels with smoothing, Adamax,
     # exponential decay, [-1, 1] inputs, LeCun init.
     "resnet_swish_adamax": [
         "train.model=resnet", "train.model_options={depth: 8, width: 0.5}",
-        "train.activation=swish", "train.normalization=group", "train.initializer=lecun_normal",
+        "train.activation=swish", "train.normalization=group", "train.norm_groups=4",
+        "train.initializer=lecun_normal",
         "train.input_normalization=symmetric", "train.one_hot=true", "train.label_smoothing=0.1",
         "train.optimizer=adamax", "train.learning_rate=0.004", "train.schedule=exponential",
         "train.schedule_options={decay_rate: 0.8}", "train.warmup_epochs=0.5"],

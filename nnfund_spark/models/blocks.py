@@ -16,6 +16,9 @@ that do not apply to it (e.g. ``dropout`` in a net without conv layers):
   channel); ``group`` uses ``gcd(channels, norm_groups)`` groups so narrow layers still work.
   With any normalization the preceding layer has no bias: the normalization's offset replaces it.
 - ``norm_groups`` (default 8): groups for ``group`` normalization.
+- ``bn_momentum`` (default 0.99, Keras' own): how much of batch normalization's moving mean and
+  variance each step keeps (the rest comes from the batch). Lower it for short runs with few
+  steps, whose averages would otherwise still be near their initial values.
 - ``initializer`` (default ``glorot_uniform``, Keras' own): kernel initializer of every layer.
 - ``normalization_input`` (``unit`` | ``symmetric`` | ``standardize``, default ``unit``) with
   ``mean``/``std``: the first layer, see ``training.augment.input_normalization_layer``.
@@ -33,8 +36,8 @@ NORMALIZATIONS = ("none", "batch", "layer", "group")
 INITIALIZERS = ("glorot_uniform", "glorot_normal", "he_uniform", "he_normal", "lecun_uniform",
                 "lecun_normal")
 COMMON_OPTIONS = ("activation", "activation_params", "dropout", "dense_dropout", "l1", "l2",
-                  "normalization", "norm_groups", "initializer", "normalization_input", "mean",
-                  "std")
+                  "normalization", "norm_groups", "bn_momentum", "initializer",
+                  "normalization_input", "mean", "std")
 # Activations Keras knows by name: with no normalization between, they can sit inside the
 # Conv2D/Dense layer itself, which keeps e.g. mnist_cnn's layer list exactly as it always was.
 _FOLDABLE_ACTIVATIONS = ("relu", "sigmoid", "tanh", "selu", "swish")
@@ -77,6 +80,7 @@ class LayerOptions:
     l2: float = 0.0
     normalization: str = "none"
     norm_groups: int = 8
+    bn_momentum: float = 0.99
     initializer: str = "glorot_uniform"
     normalization_input: str = "unit"
     mean: Optional[Sequence[float]] = None
@@ -96,6 +100,7 @@ class LayerOptions:
         if isinstance(self.norm_groups, bool) or not isinstance(self.norm_groups, int) \
                 or self.norm_groups < 1:
             raise ValueError(f"norm_groups must be an integer >= 1, got {self.norm_groups!r}")
+        check_rate("bn_momentum", self.bn_momentum)
         if self.initializer not in INITIALIZERS:
             raise ValueError(f"unknown initializer '{self.initializer}'; available: "
                              f"{', '.join(INITIALIZERS)}")
@@ -134,7 +139,7 @@ class LayerOptions:
         layers = tf.keras.layers
         channels = x.shape[-1]
         if self.normalization == "batch":
-            return layers.BatchNormalization(name=f"{name}_bn")(x)
+            return layers.BatchNormalization(momentum=self.bn_momentum, name=f"{name}_bn")(x)
         if self.normalization == "layer":
             if len(x.shape) == 2:
                 return layers.LayerNormalization(name=f"{name}_ln")(x)

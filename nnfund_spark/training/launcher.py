@@ -179,6 +179,7 @@ def model_kwargs(train, manifest: dict) -> dict:
     kwargs.update(activation=train.activation, activation_params=dict(train.activation_params),
                   dropout=train.dropout, dense_dropout=train.dense_dropout,
                   l1=train.l1 or None, l2=train.l2 or None, normalization=train.normalization,
+                  norm_groups=train.norm_groups, bn_momentum=train.bn_momentum,
                   initializer=train.initializer, normalization_input=train.input_normalization)
     if train.input_normalization == "standardize":
         kwargs.update(mean=manifest["train_channel_mean"], std=manifest["train_channel_std"])
