@@ -222,7 +222,7 @@ class TrainConfig:
     # steps_per_execution): the Python loop, callbacks' batch hooks and the progress bar then
     # run once per this many steps instead of after each. The weights are the same as with 1;
     # only the per-step Python overhead goes. With 32, the MNIST convnet on one CPU core ran
-    # 6 % faster, two ranks 10 % faster. An epoch's last call runs only the steps left.
+    # 7-9 % faster, two ranks 5-19 % (README). An epoch's last call runs only the steps left.
     steps_per_execution: int = 32
     # How ranks find each other and reduce: "gloo" (TCP; needs nothing beyond Horovod), "mpi"
     # (mpirun; Horovod built with HOROVOD_WITH_MPI=1 and Open MPI on every node), or "auto":

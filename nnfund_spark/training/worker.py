@@ -270,7 +270,7 @@ def _train(settings: dict) -> dict:
         # Validation and test metrics are allreduced, so every rank takes the same decision.
         if target is not None and history.get(target_key, [0.0])[-1] >= target:
             target_epoch = epoch + 1
-            if settings.get("job_started"):
+            if clock_started is not None:
                 time_to_target = time.time() - clock_started
             break
         if stopper.should_stop(history):
