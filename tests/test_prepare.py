@@ -143,6 +143,33 @@ def test_existing_output_is_kept_unless_overwrite(spark, mnist_raw_dir, tmp_path
     assert [p.name for p in out.parent.iterdir()] == ["ds"]  # no staging or backup left
 
 
+def test_overwrite_replaces_only_a_dataset_and_never_the_raw_data(mnist_raw_dir, tmp_path):
+    """--overwrite on a directory that is not a prepared dataset, on a file, or on a location
+    that is, holds or lies inside the raw data is refused before anything is read or
+    deleted (the checks run before Spark is touched: no session is passed)."""
+    raw = tmp_path / "data" / "raw" / "mnist"
+    raw.mkdir(parents=True)
+    for item in mnist_raw_dir.iterdir():
+        (raw / item.name).symlink_to(item)
+    notes = tmp_path / "notes"
+    notes.mkdir()
+    (notes / "keep.txt").write_text("mine")
+    a_file = tmp_path / "a_file"
+    a_file.write_text("mine")
+    cases = {str(tmp_path / "data"): "overlaps data.raw_dir",
+             str(raw): "overlaps data.raw_dir",
+             str(raw / "out"): "overlaps data.raw_dir",
+             str(notes): "is not a prepared dataset .*manifest.json",
+             str(a_file): "is a file, not a prepared dataset"}
+    for output, message in cases.items():
+        config = DataConfig(raw_dir=str(raw), output_dir=output, limit=300, overwrite=True)
+        with pytest.raises(OutputExistsError, match=message):
+            prepare_dataset(None, config)
+    assert sorted(p.name for p in raw.iterdir()) == sorted(p.name for p in mnist_raw_dir.iterdir())
+    assert (notes / "keep.txt").read_text() == "mine" and a_file.read_text() == "mine"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a_file", "data", "notes"]
+
+
 def test_failure_mid_write_leaves_nothing(spark, mnist_raw_dir, tmp_path, monkeypatch):
     import nnfund_spark.data.writer as writer
 
@@ -203,6 +230,14 @@ def test_log_manifest_to_mlflow(small_mnist, tmp_path, monkeypatch):
         (entry,) = mlflow.get_run(run.info.run_id).inputs.dataset_inputs
         assert entry.dataset.name == "mnist" and len(entry.dataset.digest) == 32
         assert {t.key: t.value for t in entry.tags}["mlflow.data.context"] == "training"
+        # a dataset location with inline credentials is recorded without them (another
+        # experiment: MLflow keeps one record per dataset digest within an experiment)
+        other = mlflow.create_experiment("prep_remote", artifact_location=str(tmp_path / "art2"))
+        with mlflow.start_run(experiment_id=other) as run:
+            log_manifest_to_mlflow(manifest, "s3a://AKIAX:se/cret@bucket/ds")
+        (entry,) = mlflow.get_run(run.info.run_id).inputs.dataset_inputs
+        assert "s3a://***@bucket/ds" in entry.dataset.source
+        assert "cret" not in entry.dataset.source and "AKIAX" not in entry.dataset.source
     finally:
         mlflow.set_tracking_uri(None)
 

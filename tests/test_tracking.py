@@ -29,6 +29,26 @@ def test_redact_hides_credential_keys_and_uri_passwords():
     assert safe["data.output_dir"] == "s3a://bucket/path"
 
 
+def test_redact_covers_slashes_in_secrets_azure_sas_keys_and_spares_author():
+    from nnfund_spark.data.sources.image_folder import _display
+    from nnfund_spark.tracking.mlflow_utils import redact_uri
+
+    slashed = f"wJalr/{SECRET}/K7MDENG"  # AWS secret keys may hold '/'
+    params = {"data.raw_dir": f"s3a://AKIAEXAMPLE:{slashed}@bucket/mnist",
+              "tracking.tracking_uri": f"https://bob:pa/{SECRET}@mlflow.example.com/x",
+              "spark.conf.spark.hadoop.fs.azure.sas.box.acct.blob.core.windows.net": SECRET,
+              "train.model_options.author": "keep me"}
+    safe = redact(params)
+    assert SECRET not in repr(safe) and "AKIA" not in repr(safe)
+    assert safe["data.raw_dir"] == "s3a://***@bucket/mnist"
+    assert safe["tracking.tracking_uri"] == "https://***@mlflow.example.com/x"
+    assert safe["train.model_options.author"] == "keep me"
+    # what the spark.master tag, the dataset input and image-folder messages go through
+    assert redact_uri(f"spark://u:{slashed}@host:7077") == "spark://***@host:7077"
+    assert _display(f"s3a://k:{slashed}@bucket/imgs/a.png") == "s3a://***@bucket/imgs/a.png"
+    assert _display("file:/data/imgs/a b.png") == "/data/imgs/a b.png"
+
+
 def test_failed_job_leaves_a_failed_run_with_the_error(spark, small_mnist, tmp_path):
     from mlflow.tracking import MlflowClient
 

@@ -97,7 +97,9 @@ def log_manifest_to_mlflow(manifest: dict, dataset_uri: str | None = None,
     if mlflow.active_run() is None:
         return False
     mlflow.log_dict(manifest, "dataset/manifest.json")
-    uri = dataset_uri or manifest["source"].get("raw_dir") or manifest["source"]["name"]
+    from nnfund_spark.tracking.mlflow_utils import redact_uri
+
+    uri = redact_uri(dataset_uri or manifest["source"].get("raw_dir") or manifest["source"]["name"])
     source = _dataset_source(uri)
     dataset = MetaDataset(source=source, name=manifest["source"]["name"],
                           digest=manifest_digest(manifest))

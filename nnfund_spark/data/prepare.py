@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+from urllib.parse import urlparse
 
 import numpy as np
 
@@ -46,6 +47,8 @@ def atomic_output(output: Location, overwrite: bool):
     if output.exists() and not overwrite:
         raise OutputExistsError(f"output already exists: {output.display} (pass --overwrite or set "
                                 f"data.overwrite=true to replace it)")
+    if output.exists():
+        _refuse_to_replace_non_dataset(output)
     staging = staging_for(output)
     staging.makedirs()
     try:
@@ -56,9 +59,39 @@ def atomic_output(output: Location, overwrite: bool):
             staging.remove_tree()
 
 
+def _refuse_to_replace_non_dataset(output: Location) -> None:
+    """--overwrite replaces a prepared dataset, nothing else: not a file, and not a directory
+    without the manifest.json every dataset this job writes has (a typo such as
+    data.output_dir=data would otherwise delete the raw data beside the datasets)."""
+    if output.is_file():
+        raise OutputExistsError(f"output {output.display} is a file, not a prepared dataset; "
+                                f"--overwrite only replaces a dataset directory (one with "
+                                f"{MANIFEST}). Choose another data.output_dir or remove the file")
+    if output.fs.ls(output.path) and not output.child(MANIFEST).exists():
+        raise OutputExistsError(f"output {output.display} is not a prepared dataset (it has no "
+                                f"{MANIFEST}); --overwrite only replaces a dataset directory. "
+                                f"Choose another data.output_dir or remove it yourself")
+
+
+def _refuse_output_over_source(output: Location, raw_dir: str) -> None:
+    """The output must not be, contain or lie inside the raw source: replacing it would delete
+    the images being read, and a dataset inside an image folder would be read as its images.
+    Checked when the source is on the output's filesystem (only then can they overlap, and
+    only then is it sure this node can resolve the source's scheme)."""
+    scheme = urlparse(raw_dir).scheme
+    if scheme not in ("", "file") and scheme != urlparse(output.uri).scheme:
+        return
+    source = resolve(raw_dir)
+    if output.overlaps(source):
+        raise OutputExistsError(f"data.output_dir {output.display} overlaps data.raw_dir "
+                                f"{source.display}; choose an output directory outside the raw "
+                                f"data (and not a parent of it)")
+
+
 def prepare_dataset(spark, config: DataConfig) -> dict:
     """Prepare config.source into config.output_dir; return the manifest that was written."""
     output = resolve(config.output_dir)
+    _refuse_output_over_source(output, config.raw_dir)
     if config.source == "image_folder":
         from nnfund_spark.data.sources.image_folder import prepare_image_folder as run
     else:

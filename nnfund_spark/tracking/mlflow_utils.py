@@ -16,10 +16,20 @@ from nnfund_spark.config import TrackingConfig
 
 # Keys whose values are never logged: they hold credentials (e.g. spark.conf entries such as
 # spark.hadoop.fs.s3a.secret.key or a Databricks token).
-_SECRET_KEY = re.compile(r"(token|secret|passw|credential|auth|private|access[._-]?key|"
-                         r"api[._-]?key|sas[._-]?key|account[._-]?key)", re.I)
-# user:password@ in URIs (a tracking server or storage URL with inline credentials).
-_URI_USERINFO = re.compile(r"(?P<scheme>[a-z][a-z0-9+.-]*://)[^/@\s]+@", re.I)
+# ("auth" but not "author"; "sas" as a word of a dotted key, as in Azure's
+# spark.hadoop.fs.azure.sas.<container>.<account>.blob.core.windows.net.)
+_SECRET_KEY = re.compile(r"(token|secret|passw|credential|auth(?!or)|private|access[._-]?key|"
+                         r"api[._-]?key|sas[._-]?key|account[._-]?key|(^|[._-])sas([._-]|$))",
+                         re.I)
+# user:password@ in URIs (a tracking server or storage URL with inline credentials). Everything
+# up to the first @ goes: secrets such as AWS secret keys may contain '/', so the user info is
+# not assumed to stop at one (a URI whose path holds an @ loses more than it must, never less).
+_URI_USERINFO = re.compile(r"(?P<scheme>[a-z][a-z0-9+.-]*://)[^@\s]+@", re.I)
+
+
+def redact_uri(text: str) -> str:
+    """text with the user info of every URI in it replaced by ***."""
+    return _URI_USERINFO.sub(lambda m: m.group("scheme") + "***@", text)
 
 
 def resolve_tracking_uri(tracking: TrackingConfig, workdir: Optional[Path] = None) -> str:
@@ -46,7 +56,7 @@ def redact(params: dict) -> dict:
         if _SECRET_KEY.search(key) and value not in (None, ""):
             safe[key] = "***"
         elif isinstance(value, str):
-            safe[key] = _URI_USERINFO.sub(lambda m: m.group("scheme") + "***@", value)
+            safe[key] = redact_uri(value)
         else:
             safe[key] = value
     return safe
@@ -121,7 +131,7 @@ def run_tags(spark) -> dict:
     from nnfund_spark import __version__
     tags = {
         "nnfund_spark.version": __version__,
-        "spark.master": spark.sparkContext.master,
+        "spark.master": redact_uri(spark.sparkContext.master),
         "spark.version": pyspark.__version__,
         "tensorflow.version": tensorflow_version(),
         "horovod.version": horovod.__version__,

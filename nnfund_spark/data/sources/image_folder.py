@@ -56,7 +56,11 @@ def list_classes(spark, raw_dir: str) -> tuple[str, list[str]]:
 
 
 def _display(path: str) -> str:
-    return path[len("file:"):] if path.startswith("file:") else path
+    """A path as messages and the manifest show it: local paths plain, remote URIs without any
+    inline credentials."""
+    from nnfund_spark.tracking.mlflow_utils import redact_uri
+
+    return path[len("file:"):] if path.startswith("file:") else redact_uri(path)
 
 
 def _from_uri(uri: str) -> str:
