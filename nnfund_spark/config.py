@@ -7,6 +7,7 @@ sweep never silently trains with a default.
 from __future__ import annotations
 
 import dataclasses
+import re
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,6 +26,37 @@ from nnfund_spark.training.schedules import SCHEDULES
 
 class ConfigError(ValueError):
     """A configuration file or override is invalid; the message names the offending key."""
+
+
+class _Loader(yaml.SafeLoader):
+    """YAML as a config means it: a key given twice in one mapping is an error (PyYAML would
+    keep the last silently, dropping a whole section), and 1e-3 is a number (YAML 1.1, which
+    PyYAML implements, reads exponents without a dot as strings)."""
+
+    yaml_implicit_resolvers = {first: list(resolvers) for first, resolvers
+                               in yaml.SafeLoader.yaml_implicit_resolvers.items()}
+
+    def construct_mapping(self, node, deep=False):
+        seen = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            if key in seen:
+                raise ConfigError(f"key '{key}' is given twice in one mapping (lines "
+                                  f"{seen[key] + 1} and {key_node.start_mark.line + 1}); "
+                                  f"merge the two into one")
+            seen[key] = key_node.start_mark.line
+        return super().construct_mapping(node, deep=deep)
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)[eE][-+]?[0-9]+$"),
+    list("-+0123456789."))
+
+
+def load_yaml(text: str):
+    """Parse config-like YAML (config files, sweep files, --set values) with ``_Loader``."""
+    return yaml.load(text, Loader=_Loader)  # noqa: S506 - a SafeLoader subclass
 
 
 @dataclass
@@ -350,22 +382,27 @@ def _check_type(dotted: str, value: Any, annotation: Any) -> Any:
 def _apply(obj: Any, values: dict, prefix: str = "") -> None:
     if not isinstance(values, dict):
         raise ConfigError(f"{prefix.rstrip('.') or 'config'}: expected a mapping, got {values!r}")
-    hints = typing.get_type_hints(type(obj))
-    known = {f.name for f in dataclasses.fields(obj)}
     for key, value in values.items():
-        dotted = f"{prefix}{key}"
-        if key not in known:
-            raise ConfigError(f"unknown config key '{dotted}'; valid keys here: "
-                              f"{', '.join(sorted(prefix + k for k in known))}")
-        current = getattr(obj, key)
-        if dataclasses.is_dataclass(current):
-            _apply(current, value, dotted + ".")
-        else:
-            setattr(obj, key, _check_type(dotted, value, hints[key]))
+        _set(obj, key, value, prefix)
 
 
-def parse_override(text: str) -> dict:
-    """Turn 'train.epochs=2' into {'train': {'epochs': 2}}; the value is parsed as YAML."""
+def _set(obj: Any, key: str, value: Any, prefix: str) -> Any:
+    """Set one field of the dataclass obj from a config value; returns the field's value."""
+    known = {f.name for f in dataclasses.fields(obj)}
+    dotted = f"{prefix}{key}"
+    if key not in known:
+        raise ConfigError(f"unknown config key '{dotted}'; valid keys here: "
+                          f"{', '.join(sorted(prefix + k for k in known))}")
+    current = getattr(obj, key)
+    if dataclasses.is_dataclass(current):
+        _apply(current, value, dotted + ".")
+    else:
+        setattr(obj, key, _check_type(dotted, value, typing.get_type_hints(type(obj))[key]))
+    return current
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """'train.epochs=2' -> (['train', 'epochs'], 2); the value is parsed as YAML."""
     if "=" not in text:
         raise ConfigError(f"override '{text}' must look like section.key=value")
     dotted, raw = text.split("=", 1)
@@ -373,13 +410,36 @@ def parse_override(text: str) -> dict:
     if len(parts) < 2:
         raise ConfigError(f"override '{text}' must name a section and a key, e.g. train.epochs=2")
     try:
-        value = yaml.safe_load(raw) if raw.strip() else None
+        value = load_yaml(raw) if raw.strip() else None
     except yaml.YAMLError as exc:
         raise ConfigError(f"override '{text}': value is not valid YAML ({exc})") from exc
-    nested: dict = value
-    for part in reversed(parts):
-        nested = {part: nested}
-    return nested
+    return parts, value
+
+
+def _apply_override(config: "JobConfig", text: str) -> None:
+    """Apply one --set. A path that goes on past a mapping field sets one entry of it and
+    keeps the others (train.model_options.filters=[16,32] keeps dense_units); the rest of the
+    path, dots included, is the entry's name (spark.conf.spark.executor.memory=4g sets the
+    Spark property spark.executor.memory). A path that ends at the field replaces it whole."""
+    parts, value = parse_override(text)
+    obj, prefix = config, ""
+    for index, part in enumerate(parts):
+        rest = parts[index + 1:]
+        if not rest:
+            _set(obj, part, value, prefix)
+            return
+        known = {f.name for f in dataclasses.fields(obj)}
+        current = getattr(obj, part) if part in known else None
+        if dataclasses.is_dataclass(current):
+            obj, prefix = current, f"{prefix}{part}."
+        elif isinstance(current, dict):
+            setattr(obj, part, {**current, ".".join(rest): value})
+            return
+        elif part in known:
+            raise ConfigError(f"override '{text}': {prefix}{part} is a single value, not a "
+                              f"mapping; use {prefix}{part}=VALUE")
+        else:
+            _set(obj, part, None, prefix)  # raises: unknown key, naming the valid ones
 
 
 def validate(config: JobConfig) -> JobConfig:
@@ -412,6 +472,7 @@ def validate(config: JobConfig) -> JobConfig:
         raise ConfigError("train.final_lr_fraction: must be in [0, 1], "
                           f"got {config.train.final_lr_fraction}")
     for dotted, value in {"data.limit": config.data.limit,
+                          "data.seed": config.data.seed, "train.seed": config.train.seed,
                           "train.num_proc": config.train.num_proc,
                           "train.max_num_proc": config.train.max_num_proc,
                           "train.intra_op_threads": config.train.intra_op_threads,
@@ -452,12 +513,17 @@ def load_config(path: Optional[str | Path] = None, overrides: tuple[str, ...] | 
     if path is not None:
         path = resolve_config_path(path)
         try:
-            values = yaml.safe_load(path.read_text()) or {}
+            values = load_yaml(path.read_text()) or {}
+        except ConfigError as exc:
+            raise ConfigError(f"{path}: {exc}") from exc
         except yaml.YAMLError as exc:
             raise ConfigError(f"{path}: not valid YAML ({exc})") from exc
-        _apply(config, values)
+        try:
+            _apply(config, values)
+        except ConfigError as exc:  # an unknown key or a wrong type in the file
+            raise ConfigError(f"{path}: {exc}") from exc
     for override in overrides:
-        _apply(config, parse_override(override))
+        _apply_override(config, override)
     return validate(config)
 
 

@@ -40,6 +40,9 @@ def test_repo_conf_files_load():
     ("train.controller=nccl", "train.controller: 'nccl' is not one of auto, gloo, mpi"),
     ("data.validation_fraction=1.5", "data.validation_fraction: must be in [0, 1)"),
     ("train.dropout=1", "train.dropout: must be in [0, 1)"),
+    ("data.seed=-1", "data.seed: must be >= 0, got -1"),
+    ("train.seed=-3", "train.seed: must be >= 0, got -3"),
+    ("train.epochs=1e3", "train.epochs: expected an integer, got 1000.0"),
     ("epochs=2", "must name a section and a key"),
     ("train.epochs", "must look like section.key=value"),
     ("train=3", "must name a section"),
@@ -67,8 +70,51 @@ def test_missing_file_and_bad_yaml(tmp_path):
 
 
 def test_parse_override_parses_yaml_values():
-    assert parse_override("spark.conf={a: 1}") == {"spark": {"conf": {"a": 1}}}
-    assert parse_override("tracking.run_name=") == {"tracking": {"run_name": None}}
+    assert parse_override("spark.conf={a: 1}") == (["spark", "conf"], {"a": 1})
+    assert parse_override("tracking.run_name=") == (["tracking", "run_name"], None)
+    # YAML 1.1 reads an exponent without a dot as a string; a config means the number
+    assert parse_override("train.learning_rate=3e-4") == (["train", "learning_rate"], 3e-4)
+    assert parse_override("tracking.run_name=1e3x")[1] == "1e3x"
+
+
+def test_set_into_a_mapping_sets_one_entry_and_keeps_the_others():
+    config = load_config("conf/mnist_fast.yaml", [
+        "train.model_options.filters=[16, 32]", "train.optimizer_options.weight_decay=1e-4",
+        "spark.conf.spark.executor.memory=4g"])
+    # dense_units from the file survives; a dotted Spark property is one key
+    assert config.train.model_options == {"dense_units": 128, "filters": [16, 32]}
+    assert config.train.optimizer_options == {"weight_decay": 1e-4}
+    assert config.spark.conf == {"spark.executor.memory": "4g"}
+    gpu = load_config("conf/gpu_cluster.yaml", ["spark.conf.spark.executor.memory=4g"])
+    assert gpu.spark.conf["spark.executor.memory"] == "4g"
+    assert gpu.spark.conf["spark.task.resource.gpu.amount"] == 1  # the file's keys stay
+    # the whole mapping at once still replaces it
+    whole = load_config("conf/mnist_fast.yaml", ["train.model_options={filters: [8, 16]}"])
+    assert whole.train.model_options == {"filters": [8, 16]}
+    with pytest.raises(ConfigError, match="train.epochs is a single value, not a mapping"):
+        load_config(None, ["train.epochs.max=3"])
+    with pytest.raises(ConfigError, match="unknown config key 'train.nope'"):
+        load_config(None, ["train.nope.x=1"])
+
+
+def test_a_key_given_twice_is_refused_naming_the_file_and_lines(tmp_path):
+    twice = tmp_path / "twice.yaml"
+    twice.write_text("train:\n  epochs: 2\n  model: mlp\ndata:\n  limit: 10\n"
+                     "train:\n  batch_size: 32\n")
+    with pytest.raises(ConfigError, match=r"twice.yaml: key 'train' is given twice in one "
+                                          r"mapping \(lines 1 and 6\)"):
+        load_config(twice)
+    inner = tmp_path / "inner.yaml"
+    inner.write_text("train:\n  epochs: 2\n  epochs: 3\n")
+    with pytest.raises(ConfigError, match="key 'epochs' is given twice"):
+        load_config(inner)
+    typo = tmp_path / "typo.yaml"
+    typo.write_text("train:\n  epoch: 2\n")
+    with pytest.raises(ConfigError, match="typo.yaml: unknown config key 'train.epoch'"):
+        load_config(typo)
+    exponent = tmp_path / "exponent.yaml"
+    exponent.write_text("train:\n  learning_rate: 3e-4\n")
+    assert load_config(exponent).train.learning_rate == 3e-4
 
 
 def test_flatten_gives_dotted_params():

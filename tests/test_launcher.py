@@ -70,11 +70,24 @@ def test_killed_worker_fails_fast_then_resume_continues_the_same_run(spark, smal
                          / "meta.json").read_text())
     assert latest["epoch"] == 1 and latest["mlflow_run_id"] == failed.info.run_id
 
+    assert latest["shape"] == {"world_size": 2, "batch_size": 32, "steps_per_epoch": 29}
     # Without resume the directory is refused (it belongs to the interrupted run) ...
     with pytest.raises(ValueError, match="set train.resume=true to continue it"):
         run_training(spark, config)
-    # ... with resume the same run picks up at epoch 2 with the saved optimizer state.
+    # ... and so is a resume with another number of ranks or batch size (the schedule's
+    # table and the optimizer's step count were laid out for 2 x 32), before any rank starts.
     config.train.resume = True
+    for setting, wrong, message in (("num_proc", 1, "trained with 2 ranks, this job has 1"),
+                                    ("batch_size", 16, "trained with 32 images per rank per "
+                                                       "step, this job has 16")):
+        kept = getattr(config.train, setting)
+        setattr(config.train, setting, wrong)
+        with pytest.raises(ValueError, match=f"{message}; resume with train.{setting}={kept}"):
+            run_training(spark, config)
+        setattr(config.train, setting, kept)
+    # ... with resume (given as a file:// URI this time, which the ranks also accept) the
+    # same run picks up at epoch 2 with the saved optimizer state.
+    config.train.checkpoint_dir = checkpoints.as_uri()
     summary = run_training(spark, config)
     assert summary["run_id"] == failed.info.run_id
     run = client.get_run(failed.info.run_id)

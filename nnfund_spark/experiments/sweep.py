@@ -73,9 +73,14 @@ def _relative(sweep_file, relative: str):
 def load_sweep(path: str | Path, extra_overrides: list[str] = ()) -> Sweep:
     """Read and validate a sweep file; every trial's config is built (and so validated) here,
     before anything trains."""
-    from nnfund_spark.config import resolve_config_path
+    from nnfund_spark.config import load_yaml, resolve_config_path
     path = resolve_config_path(path)
-    spec = yaml.safe_load(path.read_text()) or {}
+    try:
+        spec = load_yaml(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML ({exc})") from exc
+    except ConfigError as exc:
+        raise ConfigError(f"{path}: {exc}") from exc
     unknown = set(spec) - _KNOWN_KEYS
     if unknown:
         raise ConfigError(f"{path}: unknown sweep key(s) {', '.join(sorted(unknown))}; "

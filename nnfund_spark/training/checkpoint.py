@@ -28,8 +28,11 @@ def latest(directory: str | Path) -> Optional[dict]:
     return meta
 
 
-def save(directory: str | Path, epoch: int, model, history: dict, run_id: Optional[str]) -> Path:
-    """Write model + optimizer state after `epoch` (1-based count of completed epochs)."""
+def save(directory: str | Path, epoch: int, model, history: dict, run_id: Optional[str],
+         shape: Optional[dict] = None) -> Path:
+    """Write model + optimizer state after `epoch` (1-based count of completed epochs).
+    `shape` (world_size, batch_size, steps_per_epoch) is what the learning-rate schedule and the
+    optimizer's step count were laid out for; a resume must match it."""
     import tensorflow as tf
 
     directory = Path(directory)
@@ -40,7 +43,8 @@ def save(directory: str | Path, epoch: int, model, history: dict, run_id: Option
     try:
         tf.train.Checkpoint(model=model, optimizer=model.optimizer).write(str(staging / "state"))
         (staging / "meta.json").write_text(json.dumps(
-            {"epoch": epoch, "history": history, "mlflow_run_id": run_id}, indent=2))
+            {"epoch": epoch, "history": history, "mlflow_run_id": run_id,
+             "shape": shape or {}}, indent=2))
         final = directory / name
         if final.exists():
             shutil.rmtree(final)

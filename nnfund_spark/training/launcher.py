@@ -6,7 +6,6 @@ import logging
 import os
 import threading
 import time
-from pathlib import Path
 
 from nnfund_spark.config import JobConfig, flatten, to_dict
 from nnfund_spark.data.prepare import SPLITS, log_manifest_to_mlflow, read_manifest
@@ -137,7 +136,8 @@ def resume_point(train) -> dict | None:
             raise ValueError("train.resume=true needs train.checkpoint_dir (where the earlier "
                              "run wrote its checkpoints)")
         return None
-    meta = checkpoint.latest(Path(train.checkpoint_dir).expanduser())
+    # Where the ranks write (local_path: a plain path, ~, or a file:// URI).
+    meta = checkpoint.latest(local_path(train.checkpoint_dir))
     if train.resume:
         if meta is None:
             raise ValueError(f"train.resume=true but {train.checkpoint_dir} holds no checkpoint")
@@ -151,6 +151,21 @@ def resume_point(train) -> dict | None:
                          f"(MLflow run {meta['mlflow_run_id']}, {meta['epoch']} epochs done); set "
                          f"train.resume=true to continue it, or choose an empty directory")
     return None
+
+
+def _refuse_other_shape(train, meta: dict, num_proc: int) -> None:
+    """The learning-rate schedule (warm-up, decay) is a table over the whole run's steps,
+    indexed by the optimizer's step count, and its peak is scaled by the ranks: a resume with
+    another number of ranks or batch size would continue on a different table."""
+    shape = meta.get("shape") or {}
+    for what, key, now in (("ranks", "world_size", num_proc),
+                           ("images per rank per step", "batch_size", train.batch_size)):
+        if key in shape and shape[key] != now:
+            setting = "train.num_proc" if key == "world_size" else "train.batch_size"
+            raise ValueError(f"{train.checkpoint_dir}: the checkpointed run trained with "
+                             f"{shape[key]} {what}, this job has {now}; resume with "
+                             f"{setting}={shape[key]} (the learning-rate schedule and the "
+                             f"optimizer's step count were laid out for it)")
 
 
 def _refuse_finished_by_history(train, meta: dict) -> None:
@@ -290,6 +305,8 @@ def run_training(spark, config: JobConfig, extra_settings: dict | None = None,
     check_splits_for(config.train, manifest, dataset_dir.display)
     num_proc = resolve_num_proc(spark, config.train)
     resume = resume_point(config.train)
+    if resume:
+        _refuse_other_shape(config.train, resume, num_proc)
     controller = resolve_controller(config.train.controller)
     tracking_uri = resolve_tracking_uri(config.tracking)
 

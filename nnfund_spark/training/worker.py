@@ -196,6 +196,16 @@ def _train(settings: dict) -> dict:
 
     history: dict = {}
     first_epoch = 0
+    run_shape = {"world_size": size, "batch_size": settings["batch_size"],
+                 "steps_per_epoch": int(steps)}
+    saved_steps = (settings.get("resume_from") or {}).get("shape", {}).get("steps_per_epoch")
+    if saved_steps is not None and saved_steps != steps:
+        # The schedule is indexed by the optimizer's step count: resuming with other epochs
+        # would put every later epoch at the wrong rate (the driver already checked the world
+        # size and batch; this catches a re-prepared dataset of another size).
+        raise ValueError(f"resume: the checkpoint's run had {saved_steps} steps per epoch, this "
+                         f"job has {steps} (the training split changed size); resume needs the "
+                         f"same dataset, train.num_proc and train.batch_size")
     if settings.get("resume_from"):
         # Every rank reads the same checkpoint, so all start from identical weights and slots.
         checkpoint.restore(settings["resume_from"]["path"], model)
@@ -266,7 +276,7 @@ def _train(settings: dict) -> dict:
             history.setdefault(key, []).extend(float(v) for v in values)
         if rank == 0 and settings.get("checkpoint_dir"):
             checkpoint.save(settings["checkpoint_dir"], epoch + 1, model, history,
-                            settings.get("mlflow_run_id"))
+                            settings.get("mlflow_run_id"), shape=run_shape)
         # Validation and test metrics are allreduced, so every rank takes the same decision.
         if target is not None and history.get(target_key, [0.0])[-1] >= target:
             target_epoch = epoch + 1
