@@ -54,6 +54,20 @@ def test_gz_and_missing_files(tmp_path, mnist_raw_dir):
         load_idx_dataset("cifar", tmp_path)
 
 
+def test_corrupt_deflate_stream_is_named(tmp_path, mnist_raw_dir):
+    """A .gz whose compressed bytes are damaged (zlib's error, not gzip's) is a bad-input
+    error naming the file, verified or not, like a truncated one."""
+    for path in mnist_raw_dir.iterdir():
+        (tmp_path / (path.name + ".gz")).write_bytes(gzip.compress(path.read_bytes(), 1))
+    damaged = tmp_path / "train-images-idx3-ubyte.gz"
+    raw = bytearray(damaged.read_bytes())
+    raw[20:60] = bytes(b ^ 0xFF for b in raw[20:60])
+    damaged.write_bytes(bytes(raw))
+    for check in (True, False):
+        with pytest.raises(DataSourceError, match=r"train-images-idx3-ubyte.gz: cannot read"):
+            idx.read_idx_files("mnist", tmp_path, check=check)
+
+
 def test_download_verifies_and_caches(tmp_path, mnist_raw_dir, monkeypatch):
     """The real download code, pointed at a local mirror (no internet here)."""
     mirror = tmp_path / "mirror"

@@ -193,6 +193,22 @@ def test_decode_and_convert_rules():
     deep = np.arange(30, dtype=np.uint16).reshape(6, 5) * 2000
     np.testing.assert_array_equal(decode_image(encoded(Image.fromarray(deep)), "keep")[..., 0],
                                   (deep >> 8).astype(np.uint8))              # 16-bit: top byte
+    for mode in ("grayscale", "rgb"):  # ... whatever the colour mode (not clipped at 255)
+        converted = decode_image(encoded(Image.fromarray(deep)), mode)
+        assert (converted == (deep >> 8).astype(np.uint8)[..., None]).all(), mode
+    # A photo whose EXIF orientation says "turn 90°" comes out turned (as viewers show it).
+    wide = Image.fromarray(rgb).resize((40, 20))
+    exif = wide.getexif()
+    exif[0x0112] = 6
+    buffer = io.BytesIO()
+    wide.save(buffer, "JPEG", exif=exif)
+    assert decode_image(buffer.getvalue(), "keep").shape == (40, 20, 3)
+    assert decode_image(encoded(wide, "JPEG"), "keep").shape == (20, 40, 3)
+    # A grayscale image saved with a palette stays grayscale under "keep"; a colour one not.
+    shades = Image.fromarray(np.arange(30, dtype=np.uint8).reshape(6, 5) * 8)
+    from_palette = decode_image(encoded(shades.convert("P")), "keep")
+    np.testing.assert_array_equal(from_palette, np.asarray(shades)[..., None])
+    assert decode_image(encoded(Image.fromarray(rgb).convert("P")), "keep").shape == (6, 5, 3)
     gray = decode_image(encoded(Image.fromarray(rgb)), "grayscale")
     luma = rgb @ np.array([0.299, 0.587, 0.114])
     assert gray.shape == (6, 5, 1) and np.abs(gray[..., 0] - luma).max() <= 1

@@ -12,6 +12,7 @@ import os
 import shutil
 import tempfile
 import urllib.request
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -73,7 +74,7 @@ def _read_bytes(path: Path) -> bytes:
             with gzip.open(path, "rb") as handle:
                 return handle.read()
         return path.read_bytes()
-    except (OSError, EOFError) as exc:
+    except (OSError, EOFError, zlib.error) as exc:  # zlib.error: a corrupt deflate stream
         raise DataSourceError(f"{path}: cannot read ({exc})") from exc
 
 
@@ -137,7 +138,7 @@ def verify(path: Path, stem: str, source: IdxSource, display: str | None = None,
         gz = path.suffix == ".gz"
     try:
         data = gzip.decompress(path.read_bytes()) if gz else path.read_bytes()
-    except (OSError, EOFError, gzip.BadGzipFile) as exc:
+    except (OSError, EOFError, zlib.error) as exc:  # BadGzipFile is an OSError
         raise DataSourceError(f"{display or path}: cannot read ({exc})") from exc
     digest = hashlib.sha256(data).hexdigest()
     if digest != source.sha256[stem]:

@@ -65,7 +65,7 @@ def decode_image(content: bytes, color_mode: str, size: tuple[int, int] | None =
                 # smaller: most of the decode cost of large photos, no visible loss after resize.
                 img.draft(img.mode, (size[1], size[0]))
             img.load()  # decodes now, so truncated files fail here rather than later
-            array = _to_array(img, color_mode)
+            array = _to_array(_upright(img), color_mode)
     except UnidentifiedImageError as exc:
         raise ImageDecodeError(bad_input.CORRUPT, "not a readable image file") from exc
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
@@ -78,18 +78,33 @@ def decode_image(content: bytes, color_mode: str, size: tuple[int, int] | None =
     return array
 
 
+def _upright(img):
+    """The image as a viewer shows it: cameras store photos as the sensor read them and say
+    in the EXIF orientation tag how to turn them."""
+    from PIL import ImageOps
+
+    if img.getexif().get(0x0112, 1) != 1:  # 0x0112: Orientation; 1 = already upright
+        return ImageOps.exif_transpose(img)
+    return img
+
+
 def _to_array(img, color_mode: str) -> np.ndarray:
+    from PIL import Image
+
     from nnfund_spark.data import bad_input
 
+    if img.mode.startswith("I;16"):
+        # 16-bit grayscale PNG: keep the 8 most significant bits (what a viewer shows), for
+        # every color_mode (Pillow's own conversion to 8 bits clips at 255 instead).
+        img = Image.fromarray((np.asarray(img, dtype=np.uint16) >> 8).astype(np.uint8))
     if color_mode == "grayscale":
         img = img.convert("L")
     elif color_mode == "rgb":
         img = img.convert("RGB")
-    elif img.mode.startswith("I;16"):
-        # 16-bit grayscale PNG: keep the 8 most significant bits (what a viewer shows).
-        return (np.asarray(img, dtype=np.uint16) >> 8).astype(np.uint8)[..., np.newaxis]
     elif img.mode in _GRAY_MODES:
         img = img.convert("L")
+    elif img.mode in ("P", "PA") and _gray_palette(img):
+        img = img.convert("L")  # a grayscale image stored with a palette is still grayscale
     elif img.mode in ("RGB", "RGBA", "RGBX", "P", "PA", "CMYK", "YCbCr", "LAB", "HSV"):
         img = img.convert("RGB")
     else:
@@ -97,6 +112,15 @@ def _to_array(img, color_mode: str) -> np.ndarray:
                                f"pixel mode {img.mode} is not 8/16-bit grayscale or colour")
     array = np.asarray(img, dtype=np.uint8)
     return array[..., np.newaxis] if array.ndim == 2 else array
+
+
+def _gray_palette(img) -> bool:
+    """True when every colour the palette image uses has equal red, green and blue."""
+    palette = np.asarray(img.getpalette() or [], dtype=np.uint8).reshape(-1, 3)
+    used = np.unique(np.asarray(img if img.mode == "P" else img.getchannel(0)))
+    used = used[used < len(palette)]
+    colours = palette[used]
+    return bool(len(colours)) and bool(np.all(colours == colours[:, :1]))
 
 
 def resize(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
