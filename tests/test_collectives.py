@@ -72,3 +72,34 @@ def test_the_epoch_line_leaves_out_what_the_epoch_did_not_compute():
                    "val_accuracy": float("nan"), "test_accuracy": 0.95, "learning_rate": 1e-3}
     assert epoch_line(2, empty_split, 6000, 3.0) == ("epoch 3: loss 0.2500 acc 0.9000 "
                                                      "test_acc 0.9500 lr 1.00e-03 2000 img/s 3.0s")
+
+
+def test_epoch_throughput_is_timed_before_the_evaluation_callbacks():
+    """images/s and epoch_seconds measure training: a slow evaluation placed after EpochClock
+    (as the validation and test evaluations are in a rank's list) is not in them, while the
+    job clock (elapsed_seconds) still counts it."""
+    import time
+
+    import numpy as np
+    import tensorflow as tf
+
+    from nnfund_spark.training.callbacks import EpochClock, EpochLogger
+
+    class SlowEvaluation(tf.keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            time.sleep(0.6)
+            logs["val_accuracy"] = 0.5
+
+    model = tf.keras.Sequential([tf.keras.Input((4,)), tf.keras.layers.Dense(2)])
+    model.compile("sgd", tf.keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    x, y = np.zeros((64, 4), np.float32), np.zeros((64,), np.int32)
+    started = time.time()
+    history = model.fit(x, y, batch_size=32, epochs=2, verbose=0, callbacks=[
+        EpochClock(64), SlowEvaluation(), EpochLogger(64, verbose=0, job_started=started)]).history
+    assert all(seconds < 0.5 for seconds in history["epoch_seconds"]), history["epoch_seconds"]
+    assert history["images_per_second"][1] == 64 / history["epoch_seconds"][1]
+    assert history["elapsed_seconds"][0] >= 0.6 and history["elapsed_seconds"][1] >= 1.2
+    # Without a clock in front, the logger times the whole epoch end itself.
+    alone = model.fit(x, y, batch_size=32, epochs=1, verbose=0, callbacks=[
+        SlowEvaluation(), EpochLogger(64, verbose=0)]).history
+    assert alone["epoch_seconds"][0] >= 0.6

@@ -93,6 +93,10 @@ def test_killed_worker_fails_fast_then_resume_continues_the_same_run(spark, smal
     run = client.get_run(failed.info.run_id)
     assert run.info.status == "FINISHED"
     assert run.data.tags["resumed_from_epoch"] == "1"
+    # the interrupted attempt's error is kept aside, not left as this finished run's error
+    assert "error" in failed.data.tags and "error" not in run.data.tags
+    assert run.data.tags["resumed_after_error"] == failed.data.tags["error"]
+    assert not [key for key in run.data.tags if key.startswith("error.rank")]
     assert [r["first_epoch"] for r in summary["ranks"]] == [1, 1]
     steps = sorted(m.step for m in client.get_metric_history(run.info.run_id, "val_accuracy"))
     assert steps == [1, 2, 3]

@@ -178,14 +178,17 @@ class LayerOptions:
         return x if fold else self.activate(x, name)
 
     def classifier(self, x, num_classes: int):
-        """The softmax output layer every model ends with, named ``probabilities``."""
+        """The softmax output layer every model ends with, named ``probabilities``. It computes
+        in float32 under mixed precision too (Keras' advice: a float16 softmax loses the small
+        probabilities the loss takes the log of, and the logged float32 model would not
+        reproduce what was evaluated)."""
         import tensorflow as tf
         if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 2:
             raise ValueError(f"num_classes must be an integer >= 2, got {num_classes!r}")
         return tf.keras.layers.Dense(num_classes, activation="softmax",
                                      kernel_initializer=self.initializer,
                                      kernel_regularizer=self.regularizer(),
-                                     name="probabilities")(x)
+                                     dtype="float32", name="probabilities")(x)
 
 
 def dropout(x, rate: float, name: str):

@@ -80,6 +80,22 @@ def raise_worker_errors(run_id: str, tracking_uri: str, cause: Exception) -> Non
     raise WorkerError(f"training failed on {len(errors)} rank(s): {detail}") from cause
 
 
+def _clear_earlier_errors(run_id: str, tracking_uri: str) -> None:
+    """A resumed run starts without the interrupted attempt's error tags (a run that then
+    finishes would still show the old error, and a later failure that records no rank error
+    would be reported with the old one); the old job-level error is kept as
+    'resumed_after_error'."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri)
+    tags = client.get_run(run_id).data.tags
+    if "error" in tags:
+        client.set_tag(run_id, "resumed_after_error", tags["error"])
+    for key in tags:
+        if key == "error" or key.startswith("error.rank"):
+            client.delete_tag(run_id, key)
+
+
 def _executor_count(spark, wait_seconds: float) -> int:
     """Registered executors (the driver excluded); in local mode the driver is the executor."""
     context = spark.sparkContext
@@ -315,6 +331,7 @@ def run_training(spark, config: JobConfig, extra_settings: dict | None = None,
         if resume:
             # Params were logged by the interrupted run (they are immutable in MLflow).
             mlflow.set_tag("resumed_from_epoch", resume["epoch"])
+            _clear_earlier_errors(run.info.run_id, tracking_uri)
         else:
             params = redact(flatten(to_dict(config)))
             params.update({"world_size": num_proc,

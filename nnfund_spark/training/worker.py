@@ -132,8 +132,8 @@ def _train(settings: dict) -> dict:
     from nnfund_spark.models import build_model
     from nnfund_spark.training import checkpoint, collectives
     from nnfund_spark.training.augment import make_augmenter
-    from nnfund_spark.training.callbacks import (DeadReluMonitor, EarlyStopper, EpochLogger,
-                                                  FaultInjection, LearningRateLogger,
+    from nnfund_spark.training.callbacks import (DeadReluMonitor, EarlyStopper, EpochClock,
+                                                  EpochLogger, FaultInjection, LearningRateLogger,
                                                   MlflowEpochLogger, ShardedEvaluation,
                                                   StepTableRate, TARGET_METRIC,
                                                   sharded_evaluate)
@@ -226,7 +226,9 @@ def _train(settings: dict) -> dict:
         world.broadcast_variables(model.variables)
     # No callback below has a per-batch hook, and Keras runs train.steps_per_execution steps
     # per call of the compiled train function: Python runs once per that many steps.
-    callbacks = [LearningRateLogger(rate), *world.metric_average_callbacks()]
+    # The clock stops after the metric averaging and before any evaluation below.
+    callbacks = [LearningRateLogger(rate), *world.metric_average_callbacks(),
+                 EpochClock(sum(shard_sizes))]
     if "validation" in settings["split_urls"]:
         callbacks.append(ShardedEvaluation(shards["validation"][1:], num_classes, world,
                                            batch_size=512, prefix="val_"))
