@@ -135,6 +135,12 @@ def _validate_data(data: DataConfig) -> None:
             or not all(isinstance(e, str) and e.startswith(".") and len(e) > 1 for e in exts)):
         raise ConfigError(f"data.extensions: expected a non-empty list like ['.jpg', '.png'], "
                           f"got {exts!r}")
+    if data.source == "image_folder":
+        from nnfund_spark.data.images import formats_for
+        try:
+            formats_for(exts)  # an extension Pillow cannot read, refused before Spark starts
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from exc
     if data.download and data.source not in ("mnist", "fashion_mnist"):
         raise ConfigError(f"data.download: only mnist and fashion_mnist can be downloaded, not "
                           f"'{data.source}'; put its files under data.raw_dir")
@@ -345,6 +351,21 @@ def _validate_train(train: "TrainConfig") -> None:
         resolve_parameters(train.activation, train.activation_params)
     except (TypeError, ValueError) as exc:
         raise ConfigError(f"train.activation_params: {exc}") from exc
+    # The option values, checked as the ranks will check them, before Spark starts.
+    from nnfund_spark.training.augment import checked_strengths
+    from nnfund_spark.training.optimizers import check_hyperparameter
+    from nnfund_spark.training.schedules import checked_schedule
+    value_checks = [("train.optimizer_options",
+                     lambda: [check_hyperparameter(train.optimizer, key, value)
+                              for key, value in train.optimizer_options.items()]),
+                    ("train.schedule_options",
+                     lambda: checked_schedule(train.schedule, train.schedule_options)),
+                    ("train.augment", lambda: checked_strengths(train.augment))]
+    for dotted, check in value_checks:
+        try:
+            check()
+        except ValueError as exc:
+            raise ConfigError(f"{dotted}: {exc}") from exc
     if train.label_smoothing and not train.one_hot:
         raise ConfigError("train.label_smoothing needs train.one_hot=true (it smooths one-hot "
                           "targets)")

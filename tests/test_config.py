@@ -122,3 +122,31 @@ def test_flatten_gives_dotted_params():
     assert flat["train.epochs"] == 7
     assert flat["data.source"] == "mnist"
     assert "train" not in flat
+
+
+def test_image_extension_pillow_cannot_read_is_a_config_error():
+    with pytest.raises(ConfigError, match=r"data.extensions: \.heic is not an image format "
+                                          r"Pillow reads"):
+        load_config(None, ["data.source=image_folder", "data.extensions=['.png', '.heic']"])
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["train.optimizer_options={weight_decay: abc}"],
+     "train.optimizer_options: optimizer 'adam': weight_decay must be a number in [0, inf), "
+     "got 'abc'"),
+    (["train.optimizer=rmsprop", "train.optimizer_options.centered=1"],
+     "train.optimizer_options: optimizer 'rmsprop': centered must be true or false"),
+    (["train.schedule=step", "train.schedule_options.drop_factor=-0.5"],
+     "train.schedule_options: drop_factor must be a number > 0, got -0.5"),
+    (["train.augment={rotation: -5}"],
+     "train.augment: augmentation 'rotation': expected a number >= 0 or true/false, got -5"),
+    (["train.augment.scale=1.5"], "train.augment: augmentation 'scale': must be a fraction below 1"),
+    (["train.augment.random_crop=2.5"],
+     "train.augment: augmentation 'random_crop': padding must be a whole number of pixels"),
+])
+def test_option_values_are_checked_before_anything_starts(overrides, message):
+    """Values inside the option mappings are checked by the config, as the ranks would check
+    them, so a bad one never waits for Spark, the dataset read and the rank launch."""
+    with pytest.raises(ConfigError) as err:
+        load_config(None, overrides)
+    assert message in str(err.value)

@@ -213,6 +213,9 @@ def test_augmenter_maps_over_a_batched_dataset_and_validates():
         make_augmenter({"scale": 1.5}, (12, 12, 3), seed=1)
     with pytest.raises(ValueError, match="'random_crop': padding must be a whole number"):
         make_augmenter({"random_crop": 2.5}, (12, 12, 3), seed=1)
+    with pytest.raises(ValueError, match="'random_crop': padding must be below the image size "
+                                         "12x12, got 12"):
+        make_augmenter({"random_crop": 12}, (12, 12, 3), seed=1)
 
 
 def test_input_normalization_ranges():

@@ -54,13 +54,14 @@ def test_failed_job_leaves_a_failed_run_with_the_error(spark, small_mnist, tmp_p
 
     out, _ = small_mnist
     uri = f"sqlite:///{tmp_path}/mlflow.db"
-    # an augmentation strength only the ranks can check: every worker raises at start-up
-    config = load_config(None, [f"data.output_dir={out}", "train.augment={rotation: -5}",
+    # an augmentation only the ranks can check (a crop padding as large as the 28 x 28 images
+    # the ranks find in the dataset): every worker raises at start-up
+    config = load_config(None, [f"data.output_dir={out}", "train.augment={random_crop: 28}",
                                 f"tracking.tracking_uri={uri}", "tracking.experiment=failing"])
     with pytest.raises(WorkerError) as err:
         run_training(spark, config)
     # the workers' own error, not just Horovod's "a process exited with non-zero status"
-    assert "augmentation 'rotation': expected a number >= 0" in str(err.value)
+    assert "augmentation 'random_crop': padding must be below the image size 28x28" in str(err.value)
     assert "rank 0:" in str(err.value) and "rank 1:" in str(err.value)
     client = MlflowClient(uri)
     experiment = client.get_experiment_by_name("failing")

@@ -48,13 +48,24 @@ def _strength(key: str, value) -> float:
 
 def _validated_strengths(augmentations: Mapping[str, object], image_shape: Sequence[int],
                          fill_mode: str) -> dict[str, float]:
+    if fill_mode not in FILL_MODES:
+        raise ValueError(f"unknown fill_mode '{fill_mode}'; available: {', '.join(FILL_MODES)}")
+    strengths = checked_strengths(augmentations)
+    height, width = int(image_shape[0]), int(image_shape[1])
+    pad = strengths["random_crop"]
+    if pad >= min(height, width):
+        raise ValueError(f"augmentation 'random_crop': padding must be below the image size "
+                         f"{height}x{width}, got {pad:g}")
+    return strengths
+
+
+def checked_strengths(augmentations: Mapping[str, object]) -> dict[str, float]:
+    """Every strength checked that can be without the image size (the config checks these
+    before anything starts; the crop's bound by the image size is checked by the ranks)."""
     unknown = sorted(set(augmentations) - set(AUGMENTATIONS))
     if unknown:
         raise ValueError(f"unknown augmentation {', '.join(repr(key) for key in unknown)}; "
                          f"available: {', '.join(AUGMENTATIONS)}")
-    if fill_mode not in FILL_MODES:
-        raise ValueError(f"unknown fill_mode '{fill_mode}'; available: {', '.join(FILL_MODES)}")
-    height, width = int(image_shape[0]), int(image_shape[1])
     strengths = {key: _strength(key, augmentations.get(key)) for key in AUGMENTATIONS}
     if strengths["rotation"] > 180:
         raise ValueError(f"augmentation 'rotation': at most 180 degrees, "
@@ -63,10 +74,9 @@ def _validated_strengths(augmentations: Mapping[str, object], image_shape: Seque
         if strengths[key] >= 1:
             raise ValueError(f"augmentation '{key}': must be a fraction below 1, "
                              f"got {strengths[key]}")
-    pad = strengths["random_crop"]
-    if pad != int(pad) or pad >= min(height, width):
-        raise ValueError(f"augmentation 'random_crop': padding must be a whole number of pixels "
-                         f"below the image size {height}x{width}, got {pad}")
+    if strengths["random_crop"] != int(strengths["random_crop"]):
+        raise ValueError(f"augmentation 'random_crop': padding must be a whole number of pixels, "
+                         f"got {strengths['random_crop']}")
     return strengths
 
 

@@ -53,7 +53,8 @@ def optimizer_hyperparameters(name: str) -> dict:
     return {**_SPECIFIC[name][1], **_SHARED}
 
 
-def _check_value(optimizer: str, key: str, value) -> None:
+def check_hyperparameter(optimizer: str, key: str, value) -> None:
+    """ValueError naming the optimizer and the key when value is out of its range."""
     if key in _BOOLEANS:
         if not isinstance(value, bool):
             raise ValueError(f"optimizer '{optimizer}': {key} must be true or false, "
@@ -90,7 +91,7 @@ def make_optimizer(name: str, learning_rate, **hyperparameters):
     else:
         learning_rate = float(learning_rate)
     for key, value in hyperparameters.items():
-        _check_value(name, key, value)
+        check_hyperparameter(name, key, value)
     settings = {key: value for key, value in {**accepted, **hyperparameters}.items()
                 if value is not None}
     if name == "nesterov":

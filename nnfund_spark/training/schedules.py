@@ -50,7 +50,7 @@ def schedule_parameters(schedule: str) -> dict:
     return dict(SCHEDULE_PARAMETERS[schedule])
 
 
-def _validated(schedule: str, params: dict) -> dict:
+def checked_schedule(schedule: str, params: dict) -> dict:
     """The schedule's settings (defaults + params), every value checked up front so a bad one
     fails at the first call, not when training reaches the step that uses it."""
     accepted = schedule_parameters(schedule)
@@ -71,7 +71,7 @@ def _validated(schedule: str, params: dict) -> dict:
 def learning_rate_at(step: int, schedule: str, base_lr: float, steps_per_epoch: int,
                      total_epochs: float, warmup_epochs: float = 0.0, **params) -> float:
     """The learning rate for global step ``step`` (0-based, counted over all epochs)."""
-    settings = _validated(schedule, params)
+    settings = checked_schedule(schedule, params)
     _positive("step", step, allow_zero=True)
     base_lr = _positive("base_lr", base_lr)
     steps_per_epoch = _positive("steps_per_epoch", steps_per_epoch)
