@@ -152,6 +152,26 @@ def test_too_few_slots_fails_fast(spark, small_mnist):
     assert "needs 3 concurrent Spark task slots but the cluster offers 2" in str(err.value)
 
 
+def test_core_slots_count_executor_cores_per_task_cpus():
+    """The slot count behind the fail-fast check: executor cores / spark.task.cpus, whatever
+    spark.default.parallelism says; defaultParallelism only when the cores are unknown."""
+    from nnfund_spark.training.launcher import core_slots
+
+    def never():
+        raise AssertionError("not needed for this master")
+
+    assert core_slots("local[4]", {"spark.task.cpus": "2",
+                                   "spark.default.parallelism": "8"}, never, never) == 2
+    assert core_slots("local[3, 2]", {}, never, never) == 3  # local[N, maxFailures]
+    assert core_slots("local", {}, never, never) == 1
+    assert core_slots("local-cluster[2, 3, 1024]", {}, never, never) == 6
+    assert core_slots("spark://head:7077", {"spark.executor.cores": "4",
+                                            "spark.task.cpus": "2"}, lambda: 3, never) == 6
+    waited = []
+    assert core_slots("yarn", {}, lambda: waited.append(1) or 5, lambda: 10) == 10
+    assert waited == [1]  # executors are waited for before Spark's own count is read
+
+
 def test_a_needed_split_that_is_empty_is_refused_before_any_rank_starts(spark, mnist_raw_dir,
                                                                          tmp_path):
     from mlflow.tracking import MlflowClient

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import threading
 import time
 
@@ -101,10 +102,13 @@ def _executor_count(spark, wait_seconds: float) -> int:
     context = spark.sparkContext
     if context.master.startswith("local["):
         return 1
+    # With a fixed number of executors asked for, wait for all of them (YARN and Kubernetes
+    # register them one by one), else for the first.
+    expected = max(1, int(context.getConf().get("spark.executor.instances", "1")))
     deadline = time.time() + wait_seconds
     while True:
         count = context._jsc.sc().getExecutorMemoryStatus().size() - 1
-        if count > 0 or time.time() >= deadline:
+        if count >= expected or time.time() >= deadline:
             return max(count, 0)
         time.sleep(1)
 
@@ -114,7 +118,7 @@ def available_slots(spark, wait_seconds: float = 30) -> tuple[int, str]:
 
     With GPU scheduling on (spark.task.resource.gpu.amount set) a rank needs a GPU slot:
     executors x spark.executor.resource.gpu.amount / spark.task.resource.gpu.amount.
-    Otherwise a rank needs a task slot: Spark's default parallelism (total executor cores).
+    Otherwise a rank needs a task slot: executor cores / spark.task.cpus (core_slots).
     """
     conf = spark.sparkContext.getConf()
     task_gpus = conf.get("spark.task.resource.gpu.amount")
@@ -122,9 +126,34 @@ def available_slots(spark, wait_seconds: float = 30) -> tuple[int, str]:
         per_executor = float(conf.get("spark.executor.resource.gpu.amount", "0"))
         executors = _executor_count(spark, wait_seconds)
         return int(executors * per_executor / float(task_gpus)), "GPU"
-    if not spark.sparkContext.master.startswith("local"):
-        _executor_count(spark, wait_seconds)
-    return spark.sparkContext.defaultParallelism, "core"
+    return core_slots(spark.sparkContext.master, dict(conf.getAll()),
+                      lambda: _executor_count(spark, wait_seconds),
+                      lambda: spark.sparkContext.defaultParallelism), "core"
+
+
+def core_slots(master: str, conf: dict, executors, default_parallelism) -> int:
+    """Concurrent task slots without GPU scheduling: executor cores / spark.task.cpus.
+
+    The cores come from the master URL in local modes (local[N], local-cluster[W,C,M]) and from
+    executors x spark.executor.cores on a cluster. Spark's defaultParallelism is only the
+    fallback for a cluster without spark.executor.cores (it is the total executor cores unless
+    spark.default.parallelism overrides it, and it ignores spark.task.cpus). `executors` and
+    `default_parallelism` are called only when needed (the first waits for executors)."""
+    task_cpus = max(1, int(conf.get("spark.task.cpus", "1")))
+    local = re.fullmatch(r"local\[(\d+|\*)(?:,\s*\d+)?\]", master)
+    cluster = re.fullmatch(r"local-cluster\[\s*(\d+)\s*,\s*(\d+)\s*,\s*\d+\s*\]", master)
+    if master == "local":
+        cores = 1
+    elif local:
+        cores = (os.cpu_count() or 1) if local.group(1) == "*" else int(local.group(1))
+    elif cluster:
+        cores = int(cluster.group(1)) * int(cluster.group(2))
+    elif conf.get("spark.executor.cores"):
+        cores = executors() * int(conf["spark.executor.cores"])
+    else:
+        executors()
+        return default_parallelism()
+    return cores // task_cpus
 
 
 def resolve_num_proc(spark, train) -> int:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import sys
 import time
 
 
@@ -40,6 +41,14 @@ def configure_devices(tf, local_rank: int, settings: dict) -> dict:
         tf.config.experimental.set_memory_growth(gpus[index], True)
     if settings.get("mixed_precision"):
         tf.keras.mixed_precision.set_global_policy("mixed_float16")
+    if assigned and not gpus:
+        # Spark gave this rank a GPU, but TensorFlow sees none (a CPU-only TensorFlow build,
+        # missing CUDA libraries): the rank trains on CPU. Said loudly, and the rank's
+        # "device" in ranks.json and the run's tags say CPU.
+        print(f"nnfund_spark: WARNING: Spark assigned GPU {', '.join(assigned)} to local rank "
+              f"{local_rank}, but TensorFlow sees no GPU; this rank trains on CPU "
+              f"(check the TensorFlow build and CUDA libraries on the executor)",
+              file=sys.stderr, flush=True)
     return {"device": "GPU" if gpus else "CPU", "visible_gpus": len(gpus),
             "assigned_gpus": assigned, "gpu_index": index if (gpus or assigned) else None,
             "gpu_source": source}
@@ -126,6 +135,10 @@ def _train(settings: dict) -> dict:
     import shutil
     import tempfile
 
+    # Spark's GPU addresses come from discovery scripts such as nvidia-smi's, which number GPUs
+    # by PCI bus; CUDA's default order is fastest first. On a host with mixed GPU models the
+    # two differ and two ranks could pin one GPU: make CUDA (so TensorFlow) count as Spark does.
+    os.environ.setdefault("CUDA_DEVICE_ORDER", "PCI_BUS_ID")
     import numpy as np
     import tensorflow as tf
 
