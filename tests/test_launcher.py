@@ -101,6 +101,9 @@ def test_killed_worker_fails_fast_then_resume_continues_the_same_run(spark, smal
     steps = sorted(m.step for m in client.get_metric_history(run.info.run_id, "val_accuracy"))
     assert steps == [1, 2, 3]
     assert len(summary["history"]["loss"]) == 3
+    # one wall-time point per job that finished: the resumed one, at its last epoch
+    assert [m.step for m in client.get_metric_history(run.info.run_id,
+                                                      "train_wall_seconds")] == [3]
     # The clock continues across the resume: epoch 2 (the resumed job's first) ends at least
     # its own duration after the interrupted job's last completed epoch.
     elapsed, durations = summary["history"]["elapsed_seconds"], summary["history"]["epoch_seconds"]

@@ -159,7 +159,7 @@ def test_overwrite_replaces_only_a_dataset_and_never_the_raw_data(mnist_raw_dir,
     cases = {str(tmp_path / "data"): "overlaps data.raw_dir",
              str(raw): "overlaps data.raw_dir",
              str(raw / "out"): "overlaps data.raw_dir",
-             str(notes): "is not a prepared dataset .*manifest.json",
+             str(notes): r"is not a prepared dataset \(no manifest.json, and it holds keep.txt\)",
              str(a_file): "is a file, not a prepared dataset"}
     for output, message in cases.items():
         config = DataConfig(raw_dir=str(raw), output_dir=output, limit=300, overwrite=True)
@@ -168,6 +168,19 @@ def test_overwrite_replaces_only_a_dataset_and_never_the_raw_data(mnist_raw_dir,
     assert sorted(p.name for p in raw.iterdir()) == sorted(p.name for p in mnist_raw_dir.iterdir())
     assert (notes / "keep.txt").read_text() == "mine" and a_file.read_text() == "mine"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a_file", "data", "notes"]
+
+
+def test_overwrite_replaces_a_dataset_whose_commit_was_interrupted(spark, mnist_raw_dir,
+                                                                    tmp_path):
+    """Split folders without a manifest (an object-store commit cut short) are a dataset's
+    own leftovers: --overwrite replaces them."""
+    out = tmp_path / "ds"
+    (out / "train").mkdir(parents=True)
+    (out / "train" / "part-0.parquet").write_bytes(b"half")
+    manifest = prepare_dataset(spark, DataConfig(raw_dir=str(mnist_raw_dir), output_dir=str(out),
+                                                 limit=300, overwrite=True))
+    assert json.loads((out / "manifest.json").read_text())["created_at"] == manifest["created_at"]
+    assert not (out / "train" / "part-0.parquet").exists()
 
 
 def test_failure_mid_write_leaves_nothing(spark, mnist_raw_dir, tmp_path, monkeypatch):

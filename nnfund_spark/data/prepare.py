@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import posixpath
 from urllib.parse import urlparse
 
 import numpy as np
@@ -61,16 +62,23 @@ def atomic_output(output: Location, overwrite: bool):
 
 def _refuse_to_replace_non_dataset(output: Location) -> None:
     """--overwrite replaces a prepared dataset, nothing else: not a file, and not a directory
-    without the manifest.json every dataset this job writes has (a typo such as
-    data.output_dir=data would otherwise delete the raw data beside the datasets)."""
+    that holds more than a dataset's own entries (a typo such as data.output_dir=data would
+    otherwise delete the raw data beside the datasets). A dataset whose object-store commit was
+    interrupted (split folders, no manifest yet) can still be replaced."""
     if output.is_file():
         raise OutputExistsError(f"output {output.display} is a file, not a prepared dataset; "
-                                f"--overwrite only replaces a dataset directory (one with "
-                                f"{MANIFEST}). Choose another data.output_dir or remove the file")
-    if output.fs.ls(output.path) and not output.child(MANIFEST).exists():
-        raise OutputExistsError(f"output {output.display} is not a prepared dataset (it has no "
-                                f"{MANIFEST}); --overwrite only replaces a dataset directory. "
-                                f"Choose another data.output_dir or remove it yourself")
+                                f"--overwrite only replaces a dataset directory. Choose another "
+                                f"data.output_dir or remove the file")
+    if output.child(MANIFEST).exists():
+        return
+    names = {posixpath.basename(entry.rstrip("/")) for entry in output.fs.ls(output.path)}
+    foreign = sorted(names - {*SPLITS, MANIFEST})
+    if foreign:
+        raise OutputExistsError(f"output {output.display} is not a prepared dataset (no "
+                                f"{MANIFEST}, and it holds {', '.join(foreign[:5])}"
+                                f"{', …' if len(foreign) > 5 else ''}); --overwrite only replaces "
+                                f"a dataset directory. Choose another data.output_dir or remove "
+                                f"it yourself")
 
 
 def _refuse_output_over_source(output: Location, raw_dir: str) -> None:

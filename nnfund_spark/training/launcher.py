@@ -395,13 +395,15 @@ def run_training(spark, config: JobConfig, extra_settings: dict | None = None,
             raise_worker_errors(run.info.run_id, tracking_uri, exc)
         wall = time.time() - started
         rank0 = next(r for r in results if r["rank"] == 0)
-        mlflow.log_metric("train_wall_seconds", wall)
+        epochs_trained = len(rank0["history"].get("loss", []))
+        # This job's own wall time, at the step of the last epoch trained: a resumed run gets
+        # one point per job (the interrupted one, if it got this far, and the resumed one).
+        mlflow.log_metric("train_wall_seconds", wall, step=epochs_trained)
         if rank0["test_count"]:
             # At the step of the last epoch trained, so the UI's charts put the test point at
             # the end of the per-epoch curves.
             mlflow.log_metrics({"test_loss": rank0["test_loss"],
-                                "test_accuracy": rank0["test_accuracy"]},
-                               step=len(rank0["history"].get("loss", [])))
+                                "test_accuracy": rank0["test_accuracy"]}, step=epochs_trained)
         if rank0["target_epoch"] is not None and rank0["time_to_target_seconds"] is not None:
             # Seconds from the start of run_training to the end of the epoch (and its
             # evaluation) that reached train.target_accuracy.
