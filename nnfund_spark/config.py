@@ -40,6 +40,10 @@ class _Loader(yaml.SafeLoader):
         seen = {}
         for key_node, _ in node.value:
             key = self.construct_object(key_node, deep=True)
+            try:
+                hash(key)
+            except TypeError:
+                continue  # an unhashable key: SafeLoader's own error names it
             if key in seen:
                 raise ConfigError(f"key '{key}' is given twice in one mapping (lines "
                                   f"{seen[key] + 1} and {key_node.start_mark.line + 1}); "
@@ -407,8 +411,8 @@ def _apply(obj: Any, values: dict, prefix: str = "") -> None:
         _set(obj, key, value, prefix)
 
 
-def _set(obj: Any, key: str, value: Any, prefix: str) -> Any:
-    """Set one field of the dataclass obj from a config value; returns the field's value."""
+def _set(obj: Any, key: str, value: Any, prefix: str) -> None:
+    """Set one field of the dataclass obj from a config value (a section: each of its keys)."""
     known = {f.name for f in dataclasses.fields(obj)}
     dotted = f"{prefix}{key}"
     if key not in known:
@@ -419,7 +423,6 @@ def _set(obj: Any, key: str, value: Any, prefix: str) -> Any:
         _apply(current, value, dotted + ".")
     else:
         setattr(obj, key, _check_type(dotted, value, typing.get_type_hints(type(obj))[key]))
-    return current
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:
@@ -432,6 +435,8 @@ def parse_override(text: str) -> tuple[list[str], Any]:
         raise ConfigError(f"override '{text}' must name a section and a key, e.g. train.epochs=2")
     try:
         value = load_yaml(raw) if raw.strip() else None
+    except ConfigError as exc:
+        raise ConfigError(f"override '{text}': {exc}") from exc
     except yaml.YAMLError as exc:
         raise ConfigError(f"override '{text}': value is not valid YAML ({exc})") from exc
     return parts, value
