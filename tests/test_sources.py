@@ -209,6 +209,15 @@ def test_decode_and_convert_rules():
     from_palette = decode_image(encoded(shades.convert("P")), "keep")
     np.testing.assert_array_equal(from_palette, np.asarray(shades)[..., None])
     assert decode_image(encoded(Image.fromarray(rgb).convert("P")), "keep").shape == (6, 5, 3)
+    # Past Pillow's decompression-bomb limit: "too large", not "corrupt"
+    limit = Image.MAX_IMAGE_PIXELS
+    Image.MAX_IMAGE_PIXELS = 10
+    try:
+        with pytest.raises(ImageDecodeError) as err:
+            decode_image(encoded(Image.fromarray(rgb)), "keep")  # 30 pixels > 2 x 10
+    finally:
+        Image.MAX_IMAGE_PIXELS = limit
+    assert err.value.kind == "too large" and "above 20 pixels" in str(err.value)
     gray = decode_image(encoded(Image.fromarray(rgb)), "grayscale")
     luma = rgb @ np.array([0.299, 0.587, 0.114])
     assert gray.shape == (6, 5, 1) and np.abs(gray[..., 0] - luma).max() <= 1

@@ -22,6 +22,7 @@ MAX_LISTED = 10_000
 EMPTY_FILE = "empty file"
 UNSUPPORTED_FORMAT = "unsupported format"
 CORRUPT = "corrupt or truncated"
+TOO_LARGE = "too large"
 WRONG_CHANNELS = "wrong channel count"
 LABEL_OUT_OF_RANGE = "label out of range"
 NOT_IN_CLASS_FOLDER = "not in a class folder"

@@ -68,7 +68,11 @@ def decode_image(content: bytes, color_mode: str, size: tuple[int, int] | None =
             array = _to_array(_upright(img), color_mode)
     except UnidentifiedImageError as exc:
         raise ImageDecodeError(bad_input.CORRUPT, "not a readable image file") from exc
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
+    except Image.DecompressionBombError as exc:
+        raise ImageDecodeError(bad_input.TOO_LARGE,
+                               f"{exc}; Pillow refuses images above "
+                               f"{2 * Image.MAX_IMAGE_PIXELS:,} pixels") from exc
+    except (OSError, SyntaxError, ValueError) as exc:
         if isinstance(exc, ImageDecodeError):
             raise
         # Pillow reports truncation as OSError and broken PNG chunks as SyntaxError/ValueError.
