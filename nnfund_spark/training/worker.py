@@ -213,8 +213,8 @@ def _train(settings: dict) -> dict:
                  "steps_per_epoch": int(steps)}
     saved_steps = (settings.get("resume_from") or {}).get("shape", {}).get("steps_per_epoch")
     if saved_steps is not None and saved_steps != steps:
-        # The schedule is indexed by the optimizer's step count: resuming with other epochs
-        # would put every later epoch at the wrong rate (the driver already checked the world
+        # The schedule is indexed by the optimizer's step count: resuming with other steps per
+        # epoch would put every later epoch at the wrong rate (the driver already checked the world
         # size and batch; this catches a re-prepared dataset of another size).
         raise ValueError(f"resume: the checkpoint's run had {saved_steps} steps per epoch, this "
                          f"job has {steps} (the training split changed size); resume needs the "
