@@ -4,6 +4,7 @@ function and stops the session in `finally`."""
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import os
@@ -140,12 +141,20 @@ def main(argv: list[str] | None = None) -> int:
     on_databricks = databricks.is_databricks(os.environ)
     if on_databricks:
         # Workspace tracking server and an experiment under the user's workspace folder,
-        # unless the config or MLFLOW_TRACKING_URI chose otherwise.
-        tracking = databricks.databricks_tracking(config.tracking, os.environ,
-                                                  databricks.spark_conf_snapshot(spark))
+        # unless the config or MLFLOW_TRACKING_URI chose otherwise; each trial keeps its own
+        # tracking settings (log_model, log_artifacts, run_name).
         targets = [t.config for t in sweep.trials] if args.command == "sweep" else [config]
-        for target in targets:
-            target.tracking = tracking
+        snapshot = databricks.spark_conf_snapshot(spark)
+        try:
+            for target in targets:
+                target.tracking = databricks.databricks_tracking(target.tracking, os.environ,
+                                                                 snapshot)
+        except ValueError as exc:  # e.g. an experiment name Databricks cannot place
+            print(f"nnfund-spark: config error: tracking.experiment: {exc}", file=sys.stderr)
+            return 2
+        if args.command == "predict" and predict_config.tracking_uri is None:
+            predict_config = dataclasses.replace(predict_config,
+                                                 tracking_uri=config.tracking.tracking_uri)
     try:
         if args.command == "prepare":
             from nnfund_spark.data.prepare import prepare_dataset
@@ -159,7 +168,7 @@ def main(argv: list[str] | None = None) -> int:
             print(rows_to_markdown(summary["rows"]))
             print(f"best trial: {summary['best_trial']} (parent MLflow run "
                   f"{summary['parent_run_id']})")
-            print(f"MLflow UI: mlflow ui --backend-store-uri {summary['tracking_uri']}")
+            print(_ui_hint(summary["tracking_uri"]))
         elif args.command == "predict":
             from nnfund_spark.inference import format_summary, run_predict
             print(format_summary(run_predict(spark, predict_config)))
@@ -176,7 +185,7 @@ def main(argv: list[str] | None = None) -> int:
                       f"({summary['test_count']} test images, MLflow run {summary['run_id']})")
             else:
                 print(f"no test split to evaluate (MLflow run {summary['run_id']})")
-            print(f"MLflow UI: mlflow ui --backend-store-uri {summary['tracking_uri']}")
+            print(_ui_hint(summary["tracking_uri"]))
     except (ValueError, FileNotFoundError, FileExistsError, RuntimeError) as exc:
         log.error("%s failed: %s", args.command, exc)
         print(f"nnfund-spark {args.command}: error: {exc}", file=sys.stderr)
@@ -189,6 +198,17 @@ def main(argv: list[str] | None = None) -> int:
         if not on_databricks:
             spark.stop()
     return 0
+
+
+def _ui_hint(tracking_uri: str) -> str:
+    """Where to look at the runs, without any credentials the URI holds."""
+    from nnfund_spark.tracking.mlflow_utils import redact_uri
+
+    if tracking_uri.startswith("databricks"):
+        return "MLflow UI: the Databricks workspace's Experiments page"
+    if tracking_uri.startswith(("http://", "https://")):
+        return f"MLflow UI: {redact_uri(tracking_uri)} (the tracking server's own UI)"
+    return f"MLflow UI: mlflow ui --backend-store-uri {redact_uri(tracking_uri)}"
 
 
 def _write_json(path: str, value) -> None:

@@ -34,3 +34,41 @@ def test_missing_raw_data_fails_cleanly(tmp_path):
     assert "raw data directory not found" in proc.stderr
     assert not out.exists()
     assert list(tmp_path.iterdir()) == []  # no staging directory left behind
+
+
+class _FakeSpark:
+    """Stands in for the session on a pretend Databricks cluster (no JVM needed)."""
+
+    class conf:  # noqa: N801 - mirrors spark.conf
+        @staticmethod
+        def get(key, default=None):
+            return {"spark.databricks.clusterUsageTags.clusterOwnerUserName":
+                    "ada@example.com"}.get(key, default)
+
+    def stop(self):
+        raise AssertionError("a Databricks session is never stopped by the job")
+
+
+def test_databricks_tracking_reaches_predict_and_bad_experiments_exit_2(monkeypatch, capsys):
+    """On Databricks: predict uses the workspace tracking server like train does, each sweep
+    trial keeps its own tracking settings, and an experiment name the workspace cannot place is
+    a config error (exit 2), not a traceback."""
+    import nnfund_spark.inference as inference
+    import nnfund_spark.spark as spark_module
+    from nnfund_spark import cli
+
+    monkeypatch.setenv("DATABRICKS_RUNTIME_VERSION", "14.3")
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.setattr(spark_module, "build_session", lambda conf, master: _FakeSpark())
+    seen = {}
+    monkeypatch.setattr(inference, "run_predict",
+                        lambda spark, config: seen.setdefault("config", config) and {})
+    monkeypatch.setattr(inference, "format_summary", lambda summary: "scored")
+    model = "runs:/" + "a" * 32 + "/model"
+    assert cli.main(["predict", "--model-uri", model, "--dataset-dir", "/dbfs/ds",
+                     "--output-dir", "/dbfs/preds"]) == 0
+    assert seen["config"].tracking_uri == "databricks"
+
+    assert cli.main(["train", "--set", "tracking.experiment=team/mnist"]) == 2
+    assert "config error: tracking.experiment: experiment name 'team/mnist'" in \
+        capsys.readouterr().err

@@ -55,6 +55,13 @@ set: {train.epochs: 2}
     ("trials: [{name: a, set: {train.optimizer: sgd}}, {name: a, set: {train.epochs: 2}}]\n",
      "trial names must be unique"),
     ("trials: [{name: a, sett: {}}]\n", "must be a mapping with 'set'"),
+    ("axes: {train.optimizer: [adam]}\nselect_metric: val_acc\n",
+     "select_metric 'val_acc' is not one of val_accuracy, val_loss"),
+    ("axes: {train.optimizer: [adam]}\nregister_best: 42\n",
+     "register_best must be a Model Registry name (a string) or null, got 42"),
+    ("- {name: a}\n", "a sweep file is a mapping with keys"),
+    ("axes: {train.optimizer: [adam]}\naxes: {train.epochs: [2]}\n",
+     "key 'axes' is given twice"),
 ])
 def test_bad_sweeps_are_rejected(tmp_path, text, message):
     with pytest.raises(ConfigError) as err:
@@ -73,6 +80,12 @@ def test_best_trial_respects_metric_direction():
     assert best_trial(results, "val_accuracy")["trial"] == "a"
     assert best_trial(results, "test_accuracy")["trial"] == "b"
     assert best_trial(results, "val_loss")["trial"] == "a"
+    # a diverged trial (nan) never wins, in either direction
+    diverged = {"trial": "d", "status": "FINISHED", "test_accuracy": float("nan"),
+                "history": {"val_accuracy": [float("nan")], "val_loss": [float("nan")]}}
+    assert best_trial([diverged, *results], "val_loss")["trial"] == "a"
+    assert best_trial([*results, diverged], "val_accuracy")["trial"] == "a"
+    assert best_trial([diverged], "val_loss") is None
 
 
 def test_two_trial_sweep_makes_parent_children_and_comparison(spark, small_mnist, tmp_path):

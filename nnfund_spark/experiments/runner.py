@@ -54,9 +54,14 @@ def run_sweep(spark, sweep: Sweep) -> dict:
             mlflow.log_figure(figure, "comparison/loss_curves.png")
             plt.close(figure)
         best = best_trial(results, sweep.select_metric)
-        if best is not None:
+        if best is None:
+            log.warning("no finished trial reported a number for %s (select_metric): no best "
+                        "trial chosen%s", sweep.select_metric,
+                        ", nothing registered" if sweep.register_best else "")
+        else:
             mlflow.set_tags({"sweep.best_trial": best["trial"], "sweep.best_run_id": best["run_id"]})
-            mlflow.log_metric("best_test_accuracy", best["test_accuracy"])
+            if best.get("test_accuracy") is not None:  # None: the dataset has no test split
+                mlflow.log_metric("best_test_accuracy", best["test_accuracy"])
             if sweep.register_best and best.get("model_uri"):
                 version = mlflow.register_model(best["model_uri"], sweep.register_best)
                 mlflow.set_tag("sweep.registered_model",

@@ -33,6 +33,8 @@ log = logging.getLogger(__name__)
 _KNOWN_KEYS = {"name", "base", "set", "axes", "trials", "select_metric", "register_best"}
 # Metrics where lower is better; everything else (accuracies) is maximised.
 _LOWER_IS_BETTER = {"val_loss", "test_loss", "loss"}
+# What select_metric may name: a trial's last-epoch metric or its final test evaluation.
+SELECT_METRICS = ("val_accuracy", "val_loss", "accuracy", "loss", "test_accuracy", "test_loss")
 
 
 @dataclass
@@ -81,6 +83,9 @@ def load_sweep(path: str | Path, extra_overrides: list[str] = ()) -> Sweep:
         raise ConfigError(f"{path}: not valid YAML ({exc})") from exc
     except ConfigError as exc:
         raise ConfigError(f"{path}: {exc}") from exc
+    if not isinstance(spec, dict):
+        raise ConfigError(f"{path}: a sweep file is a mapping with keys "
+                          f"{', '.join(sorted(_KNOWN_KEYS))}; got a {type(spec).__name__}")
     unknown = set(spec) - _KNOWN_KEYS
     if unknown:
         raise ConfigError(f"{path}: unknown sweep key(s) {', '.join(sorted(unknown))}; "
@@ -108,9 +113,16 @@ def load_sweep(path: str | Path, extra_overrides: list[str] = ()) -> Sweep:
     if len(set(names)) != len(names):
         raise ConfigError(f"{path}: trial names must be unique, got {names}")
 
+    select_metric = spec.get("select_metric") or "val_accuracy"
+    if select_metric not in SELECT_METRICS:
+        raise ConfigError(f"{path}: select_metric '{select_metric}' is not one of "
+                          f"{', '.join(SELECT_METRICS)}")
+    register_best = spec.get("register_best")
+    if register_best is not None and (not isinstance(register_best, str) or not register_best):
+        raise ConfigError(f"{path}: register_best must be a Model Registry name (a string) or "
+                          f"null, got {register_best!r}")
     sweep = Sweep(name=str(spec.get("name") or path.stem), base=base,
-                  select_metric=str(spec.get("select_metric") or "val_accuracy"),
-                  register_best=spec.get("register_best"))
+                  select_metric=select_metric, register_best=register_best)
     varied: set[str] = set()
     for name, chosen in entries:
         try:
@@ -168,7 +180,7 @@ def best_trial(results: list[dict], metric: str) -> Optional[dict]:
         if result["status"] != "FINISHED":
             continue
         value = result.get(key) if key else (result["history"].get(metric) or [None])[-1]
-        if value is not None:
+        if value is not None and value == value:  # a diverged trial's nan never wins
             scored.append((value, result))
     if not scored:
         return None

@@ -27,7 +27,7 @@ from nnfund_spark.inference.config import PredictConfig
 from nnfund_spark.inference.model import download_model, parse_model_uri, resolve_source_run
 from nnfund_spark.inference.output import check_writable, write_parquet_atomically
 from nnfund_spark.inference.scoring import output_schema, score_batches
-from nnfund_spark.tracking.mlflow_utils import resolve_tracking_uri, start_job_run
+from nnfund_spark.tracking.mlflow_utils import redact, resolve_tracking_uri, start_job_run
 
 log = logging.getLogger(__name__)
 
@@ -192,10 +192,10 @@ def log_predictions(config: PredictConfig, client, source_run, summary: dict) ->
     split = summary["split"]
     with context as run:
         if config.mlflow_run == "new":
-            mlflow.log_params({"model_uri": summary["model_uri"], "split": split,
-                               "dataset_dir": summary["dataset_dir"],
-                               "output_uri": summary["output_uri"],
-                               "batch_size": config.batch_size})
+            mlflow.log_params(redact({"model_uri": summary["model_uri"], "split": split,
+                                      "dataset_dir": summary["dataset_dir"],
+                                      "output_uri": summary["output_uri"],
+                                      "batch_size": config.batch_size}))
             mlflow.set_tags({"nnfund_spark.job": "predict",
                              "source_run_id": summary["source_run_id"] or ""})
         mlflow.log_metric(f"predict_{split}_count", summary["count"])
