@@ -128,7 +128,9 @@ def spark_uri(path: str, env: Mapping[str, str]) -> str:
     URIs (scheme://..., dbfs:/...) pass through. On Databricks, FUSE paths map to their DBFS
     form (/Volumes/... -> dbfs:/Volumes/..., /dbfs/x -> dbfs:/x) so executors use the storage
     layer, not each node's FUSE mount. Elsewhere a plain path must be on a filesystem every
-    executor shares (local mode, NFS); it becomes an absolute file:// URI.
+    executor shares (local mode, NFS); it becomes an absolute file:// URI, not percent-encoded:
+    Hadoop's Path quotes the characters a URI needs quoted itself and would read an encoded
+    "%20" literally.
     """
     if "://" in path or path.startswith(("dbfs:", "file:")):
         return path
@@ -137,7 +139,7 @@ def spark_uri(path: str, env: Mapping[str, str]) -> str:
             return "dbfs:" + path
         if path.startswith("/dbfs/"):
             return "dbfs:" + path[len("/dbfs"):]
-    return Path(path).expanduser().resolve().as_uri()
+    return "file://" + str(Path(path).expanduser().resolve())
 
 
 # ---- helpers that touch a live session / workspace (not unit-tested off Databricks) ----------

@@ -215,4 +215,21 @@ def test_spark_uris():
     assert spark_uri("/Volumes/main/s/v/preds", ON_DATABRICKS) == "dbfs:/Volumes/main/s/v/preds"
     assert spark_uri("/dbfs/tmp/preds", ON_DATABRICKS) == "dbfs:/tmp/preds"
     assert spark_uri("/Volumes/main/s/v/preds", {}) == "file:///Volumes/main/s/v/preds"
-    assert spark_uri("out/preds", {}) == (Path.cwd() / "out" / "preds").as_uri()
+    assert spark_uri("out/preds", {}) == "file://" + str(Path.cwd() / "out" / "preds")
+    # not percent-encoded: Hadoop's Path would take "%20" literally
+    assert spark_uri("/data/my preds", {}) == "file:///data/my preds"
+
+
+def test_predict_refuses_an_output_over_its_dataset_on_databricks_volumes(tmp_path):
+    """/Volumes/... on the command line becomes dbfs:/Volumes/... for Spark; the overlap check
+    must map it back to the same volume, not to /dbfs/Volumes/..."""
+    from nnfund_spark.data.storage import resolve
+    from nnfund_spark.inference.predict import _refuse_output_over_dataset
+
+    assert resolve("dbfs:/Volumes/c/s/v/ds").path == "/Volumes/c/s/v/ds"
+    assert resolve("dbfs:/tmp/ds").path == "/dbfs/tmp/ds"
+    root = resolve("/Volumes/c/s/v/petastorm/mnist")
+    output = spark_uri("/Volumes/c/s/v/petastorm/mnist/test", ON_DATABRICKS)
+    with pytest.raises(ValueError, match="overlaps the dataset /Volumes/c/s/v/petastorm/mnist"):
+        _refuse_output_over_dataset(output, root)
+    _refuse_output_over_dataset(spark_uri("/Volumes/c/s/v/preds", ON_DATABRICKS), root)

@@ -139,8 +139,11 @@ def resolve(location: "str | Path | Location") -> Location:
     scheme = urlparse(text).scheme
     if scheme == "file":
         text = unquote(urlparse(text).path)
-    elif scheme == "dbfs":  # Databricks mounts DBFS (and /Volumes) at /dbfs on every node
-        text = "/dbfs/" + text.split(":", 1)[1].lstrip("/")
+    elif scheme == "dbfs":
+        # Databricks mounts DBFS at /dbfs on every node, and Unity Catalog volumes at /Volumes
+        # (dbfs:/Volumes/... is the same volume as /Volumes/..., not /dbfs/Volumes/...).
+        rest = "/" + text.split(":", 1)[1].lstrip("/")
+        text = rest if rest.startswith("/Volumes/") else "/dbfs" + rest
     elif scheme and len(scheme) > 1:  # (one letter is a Windows drive, not a scheme)
         return _remote(text, scheme)
     from fsspec.implementations.local import LocalFileSystem
