@@ -21,7 +21,11 @@ class BuildWithConf(build_py):
     def run(self):
         super().run()
         target = Path(self.build_lib) / "nnfund_spark" / "conf"
-        for source in sorted((HERE / "conf").rglob("*.yaml")):
+        sources = sorted((HERE / "conf").rglob("*.yaml"))
+        if not sources:
+            raise SystemExit(f"setup.py: no conf/*.yaml under {HERE}: a wheel without them "
+                             f"could not run `-c mnist`; build from the repository or its sdist")
+        for source in sources:
             if "databricks" in source.parts:  # the bundle is deployment config, not a job config
                 continue
             destination = target / source.relative_to(HERE / "conf")

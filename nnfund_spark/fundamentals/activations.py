@@ -9,7 +9,8 @@ Parameters (anything else is rejected with a ValueError naming it):
 
 - ``leaky_relu``: ``alpha`` (slope for x < 0), default 0.01 as in Maas et al. 2013 (Keras'
   own layer defaults to 0.3, which is far leakier than the paper).
-- ``elu``: ``alpha`` (saturation value for x → −∞), default 1.0 (Clevert et al. 2015).
+- ``elu``: ``alpha`` (the output saturates at −alpha for x → −∞), default 1.0
+  (Clevert et al. 2015).
 - ``gelu``: ``approximate`` (tanh approximation instead of the exact erf form), default False.
 - ``maxout``: ``pieces`` (k linear pieces per output unit), default 2 (Goodfellow et al. 2013).
   The layer before a maxout must produce ``pieces`` times as many channels as wanted after it;
@@ -119,18 +120,21 @@ def _maxout_slopes(pieces: int) -> np.ndarray:
 
 
 def reference(name: str, **params) -> tuple[Callable, Callable]:
-    """Numpy ``(function, derivative)`` for ``name``. At the kink x = 0 the derivative takes
-    its left-hand value (relu'(0) = 0, as TensorFlow computes it)."""
+    """Numpy ``(function, derivative)`` for ``name``, for arrays and plain numbers alike. At the
+    kink x = 0 the derivative is the value TensorFlow computes: the left-hand one for relu,
+    leaky_relu and elu (relu'(0) = 0), the right-hand one for selu (TensorFlow's SeluGrad takes
+    the linear branch at 0: selu'(0) = scale)."""
     resolved = resolve_parameters(name, params)
     alpha = resolved.get("alpha")
     if name == "step":
-        return (lambda x: (x > 0).astype(float)), (lambda x: np.zeros_like(x, dtype=float))
+        return ((lambda x: (np.asarray(x) > 0).astype(float)),
+                (lambda x: np.zeros_like(x, dtype=float)))
     if name == "sigmoid":
         return _sigmoid, (lambda x: _sigmoid(x) * (1.0 - _sigmoid(x)))
     if name == "tanh":
         return np.tanh, (lambda x: 1.0 - np.tanh(x) ** 2)
     if name == "relu":
-        return (lambda x: np.maximum(x, 0.0)), (lambda x: (x > 0).astype(float))
+        return (lambda x: np.maximum(x, 0.0)), (lambda x: (np.asarray(x) > 0).astype(float))
     if name == "leaky_relu":
         return (lambda x: np.where(x > 0, x, alpha * x)), (lambda x: np.where(x > 0, 1.0, alpha))
     if name == "elu":
@@ -138,7 +142,7 @@ def reference(name: str, **params) -> tuple[Callable, Callable]:
                 lambda x: np.where(x > 0, 1.0, alpha * np.exp(np.minimum(x, 0.0))))
     if name == "selu":
         return (lambda x: SELU_SCALE * np.where(x > 0, x, SELU_ALPHA * np.expm1(np.minimum(x, 0))),
-                lambda x: SELU_SCALE * np.where(x > 0, 1.0, SELU_ALPHA * np.exp(np.minimum(x, 0))))
+                lambda x: SELU_SCALE * np.where(x >= 0, 1.0, SELU_ALPHA * np.exp(np.minimum(x, 0))))
     if name == "gelu":
         if resolved["approximate"]:
             return (lambda x: _gelu_tanh_pair(x)[0]), (lambda x: _gelu_tanh_pair(x)[1])
