@@ -4,6 +4,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -72,3 +74,53 @@ def test_databricks_tracking_reaches_predict_and_bad_experiments_exit_2(monkeypa
     assert cli.main(["train", "--set", "tracking.experiment=team/mnist"]) == 2
     assert "config error: tracking.experiment: experiment name 'team/mnist'" in \
         capsys.readouterr().err
+
+
+def test_model_from_summary_reads_the_training_summary(tmp_path):
+    from nnfund_spark.config import ConfigError, load_config
+    from nnfund_spark.inference.cli_args import model_uri_from_summary, predict_config_from_args
+    from nnfund_spark.cli import _parser
+
+    summary = tmp_path / "summary.json"
+    summary.write_text(json.dumps({"model_uri": "runs:/" + "b" * 32 + "/model", "run_id": "x"}))
+    args = _parser().parse_args(["predict", "--model-from-summary", str(summary),
+                                 "--output-dir", str(tmp_path / "out")])
+    config = predict_config_from_args(args, load_config(None, []))
+    assert config.model_uri == "runs:/" + "b" * 32 + "/model"
+    summary.write_text(json.dumps({"model_uri": None}))
+    with pytest.raises(ConfigError, match="logged no model .*tracking.log_model=false"):
+        model_uri_from_summary(str(summary))
+    summary.write_text("{not json")
+    with pytest.raises(ConfigError, match="summary.json: cannot read a training summary"):
+        model_uri_from_summary(str(summary))
+    with pytest.raises(ConfigError, match="nope.json: cannot read"):
+        model_uri_from_summary(str(tmp_path / "nope.json"))
+    # exactly one of the two ways to name the model
+    with pytest.raises(SystemExit):
+        _parser().parse_args(["predict", "--model-uri", "m", "--model-from-summary", "s",
+                              "--output-dir", "o"])
+
+
+def test_publishing_a_task_value_is_best_effort(monkeypatch, caplog):
+    """Databricks documents task values for notebooks only: a wheel task that cannot set one
+    warns and goes on (the model reaches predict through the summary file)."""
+    import sys
+    import types
+
+    from nnfund_spark import databricks
+
+    class Refusing:
+        class jobs:  # noqa: N801 - mirrors dbutils.jobs
+            class taskValues:  # noqa: N801
+                @staticmethod
+                def set(key, value):
+                    raise RuntimeError("only in notebooks")
+
+    module = types.ModuleType("databricks.sdk.runtime")
+    module.dbutils = Refusing
+    monkeypatch.setitem(sys.modules, "databricks.sdk.runtime", module)
+    monkeypatch.setenv("DATABRICKS_RUNTIME_VERSION", "14.3")
+    assert databricks.publish_task_value("model_uri", "runs:/x/model") is False
+    assert "could not publish task value model_uri (RuntimeError: only in notebooks)" in caplog.text
+    monkeypatch.delenv("DATABRICKS_RUNTIME_VERSION")
+    assert databricks.publish_task_value("model_uri", "runs:/x/model") is False

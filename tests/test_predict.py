@@ -154,6 +154,9 @@ def test_model_uri_forms():
     assert parse_model_uri(f"runs:/{run_id}").uri == f"runs:/{run_id}/model"
     assert parse_model_uri(f"runs:/{run_id}/best/model").uri == f"runs:/{run_id}/best/model"
     assert parse_model_uri("models:/main.ml.mnist@prod").alias == "prod"
+    # MLflow 3's logged-model URI, what a training summary reports
+    logged = parse_model_uri("models:/m-b101e24264ca48f9a78e03bdf6598474")
+    assert logged.logged_model_id == "m-b101e24264ca48f9a78e03bdf6598474" and logged.run_id is None
     assert parse_model_uri("models:/mnist/3").version == "3"
     for bad in ("gs://bucket/model", "runs:/xyz/model", "models:/mnist", "", "models:/a/b/c"):
         with pytest.raises(ConfigError, match="is not recognised; accepted: an MLflow run id"):

@@ -61,14 +61,15 @@ def test_prepare_train_with_spark_submit_from_a_scratch_directory(wheel, tmp_pat
     proc = spark_submit(tmp_path, wheel, "prepare_dataset.py", "-c", "mnist",
                         "--set", f"data.raw_dir={mnist_raw_dir}",
                         "--set", f"data.output_dir=file://{dataset}", "--set", "data.limit=1500")
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[:3000]
     manifest = json.loads((dataset / "manifest.json").read_text())
     assert manifest["splits"]["test"]["count"] == 1500
 
     proc = spark_submit(tmp_path, wheel, "train.py", "-c", "mnist",
                         "--set", f"data.output_dir={dataset}", "--set", "train.epochs=1",
-                        "--set", "train.batch_size=32", "--set", "tracking.log_artifacts=false")
-    assert proc.returncode == 0, proc.stderr[-3000:]
+                        "--set", "train.batch_size=32", "--set", "tracking.log_artifacts=false",
+                        "--summary-json", "summary.json")
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[:3000]
     assert "test accuracy:" in proc.stdout
     # the default tracking store is created in the working directory
     client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
@@ -77,12 +78,15 @@ def test_prepare_train_with_spark_submit_from_a_scratch_directory(wheel, tmp_pat
     # the job ran on spark-submit's master, not one of its own
     assert run.data.tags["spark.master"] == "local[2]"
 
-    # Batch inference with the logged model reproduces training's test accuracy exactly.
-    predictions = tmp_path / "predictions"
+    # Batch inference with the logged model reproduces training's test accuracy exactly. The
+    # model is found through the training summary (how the Databricks bundle's predict task
+    # finds it), and the output directory's name has a space (Spark gets it unencoded).
+    assert json.loads((tmp_path / "summary.json").read_text())["run_id"] == run.info.run_id
+    predictions = tmp_path / "my predictions"
     proc = spark_submit(tmp_path, wheel, "predict.py", "-c", "mnist",
-                        "--set", f"data.output_dir={dataset}", "--model-uri", run.info.run_id,
-                        "--output-dir", str(predictions))
-    assert proc.returncode == 0, proc.stderr[-3000:]
+                        "--set", f"data.output_dir={dataset}",
+                        "--model-from-summary", "summary.json", "--output-dir", str(predictions))
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[:3000]
     import pyarrow.parquet as pq
     table = pq.read_table(predictions)
     assert table.num_rows == 1500
@@ -176,7 +180,7 @@ def test_train_on_a_standalone_cluster_in_client_mode(standalone_cluster, wheel,
          "--set", "train.epochs=1", "--set", "train.batch_size=32",
          "--set", "tracking.log_artifacts=false"],
         cwd=scratch, env=env, capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[:3000]
     client = MlflowClient(f"sqlite:///{scratch}/mlflow.db")
     (run,) = client.search_runs([client.get_experiment_by_name("mnist_cnn").experiment_id])
     assert run.info.status == "FINISHED"

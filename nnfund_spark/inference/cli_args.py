@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import argparse
 
-from nnfund_spark.config import JobConfig
+from nnfund_spark.config import ConfigError, JobConfig
 from nnfund_spark.inference.model import ACCEPTED_MODEL_URIS
 from nnfund_spark.inference.config import MLFLOW_RUN_CHOICES, PredictConfig
 
@@ -16,8 +16,11 @@ _DEFAULTS = PredictConfig(model_uri="", dataset_dir="", output_dir="")
 
 
 def add_predict_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model-uri", required=True,
-                        help=f"the model to score with: {ACCEPTED_MODEL_URIS}")
+    model = parser.add_mutually_exclusive_group(required=True)
+    model.add_argument("--model-uri", help=f"the model to score with: {ACCEPTED_MODEL_URIS}")
+    model.add_argument("--model-from-summary", metavar="PATH",
+                       help="score with the model a `train --summary-json PATH` run logged "
+                            "(how one job's predict task finds its train task's model)")
     parser.add_argument("--output-dir", required=True,
                         help="where the predictions Parquet goes (path or URI)")
     parser.add_argument("--dataset-dir",
@@ -46,7 +49,7 @@ def add_predict_arguments(parser: argparse.ArgumentParser) -> None:
 def predict_config_from_args(args: argparse.Namespace, config: JobConfig) -> PredictConfig:
     """PredictConfig from parsed flags + the resolved job config; raises ConfigError (exit 2)."""
     return PredictConfig(
-        model_uri=args.model_uri,
+        model_uri=args.model_uri or model_uri_from_summary(args.model_from_summary),
         dataset_dir=args.dataset_dir or config.data.output_dir,
         output_dir=args.output_dir,
         split=args.split,
@@ -58,3 +61,21 @@ def predict_config_from_args(args: argparse.Namespace, config: JobConfig) -> Pre
         experiment=args.experiment,
         num_partitions=args.num_partitions,
     ).validate()
+
+
+def model_uri_from_summary(path: str) -> str:
+    """The model_uri of a training job's summary JSON (``train --summary-json``); ConfigError
+    naming the file when it cannot be read or logged no model."""
+    import json
+    from pathlib import Path
+
+    try:
+        summary = json.loads(Path(path).expanduser().read_text())
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"--model-from-summary {path}: cannot read a training summary "
+                          f"({exc}); give the file `train --summary-json` wrote") from exc
+    uri = summary.get("model_uri") if isinstance(summary, dict) else None
+    if not uri:
+        raise ConfigError(f"--model-from-summary {path}: the training job logged no model "
+                          f"(model_uri is {uri!r}; it ran with tracking.log_model=false?)")
+    return str(uri)

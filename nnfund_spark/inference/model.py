@@ -10,10 +10,12 @@ from nnfund_spark.config import ConfigError
 
 ACCEPTED_MODEL_URIS = ("an MLflow run id (32 hex digits, meaning runs:/<id>/model), "
                        "runs:/<run_id>[/<artifact path>], models:/<name>/<version>, "
-                       "models:/<name>@<alias>")
+                       "models:/<name>@<alias>, models:/m-<id> (a logged model, MLflow 3)")
 _RUN_ID = re.compile(r"^[0-9a-f]{32}$")
 _RUNS_URI = re.compile(r"^runs:/([0-9a-f]{32})(/[^\s]*)?$")
 _MODELS_VERSION = re.compile(r"^models:/([^/@\s]+)/([0-9]+)$")
+# MLflow 3 names every logged model models:/m-<id>; train's summary reports that form.
+_LOGGED_MODEL = re.compile(r"^models:/(m-[0-9a-f]+)$")
 _MODELS_ALIAS = re.compile(r"^models:/([^/@\s]+)@([^/@\s]+)$")
 
 
@@ -24,6 +26,7 @@ class ModelRef:
     name: Optional[str] = None    # models:/ URIs name a registered model ...
     version: Optional[str] = None  # ... and a version
     alias: Optional[str] = None   # ... or an alias
+    logged_model_id: Optional[str] = None  # models:/m-<id>: a logged model (MLflow 3)
 
 
 def parse_model_uri(text: str) -> ModelRef:
@@ -34,6 +37,9 @@ def parse_model_uri(text: str) -> ModelRef:
     if match:
         path = (match.group(2) or "").strip("/") or "model"
         return ModelRef(f"runs:/{match.group(1)}/{path}", run_id=match.group(1))
+    match = _LOGGED_MODEL.match(uri)
+    if match:
+        return ModelRef(uri, logged_model_id=match.group(1))
     match = _MODELS_VERSION.match(uri)
     if match:
         return ModelRef(uri, name=match.group(1), version=match.group(2))
@@ -48,7 +54,11 @@ def resolve_source_run(client, ref: ModelRef, tracking_uri: str):
     from mlflow.exceptions import MlflowException
 
     try:
-        if ref.run_id is None:
+        if ref.logged_model_id is not None:
+            run_id = client.get_logged_model(ref.logged_model_id).source_run_id
+            if not run_id:
+                return None
+        elif ref.run_id is None:
             version = (client.get_model_version_by_alias(ref.name, ref.alias) if ref.alias
                        else client.get_model_version(ref.name, ref.version))
             if not version.run_id:

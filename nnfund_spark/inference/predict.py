@@ -127,6 +127,10 @@ def run_predict(spark, config: PredictConfig) -> dict:
         mlflow.set_registry_uri(config.registry_uri)
     client = MlflowClient(tracking_uri, config.registry_uri)
     source_run = resolve_source_run(client, ref, tracking_uri)
+    if config.mlflow_run == "source" and source_run is None:
+        # Known now: refuse before scoring and before --overwrite replaces an old output.
+        raise ValueError(f"mlflow_run='source' but model '{ref.uri}' has no source run; use "
+                         f"mlflow_run='new'")
     image_shape = [int(v) for v in manifest["image_shape"]]
     num_classes = int(manifest["num_classes"])
 
