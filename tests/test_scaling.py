@@ -41,3 +41,11 @@ def test_tables_print(capsys):
     assert main(["--batch", "64"]) == 0
     text = capsys.readouterr().out
     assert text.count("| 64 |") == 2 and "ResNet-20" in text and "at batch 64 per GPU" in text
+
+
+def test_bad_arguments_are_usage_errors(capsys):
+    for argv, message in ((["--utilization", "0"], "--utilization must be in (0, 1], got 0.0"),
+                          (["--batch", "0"], "--batch must be >= 1, got 0")):
+        with pytest.raises(SystemExit) as exit_info:
+            main(argv)
+        assert exit_info.value.code == 2 and message in capsys.readouterr().err

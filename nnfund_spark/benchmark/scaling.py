@@ -103,6 +103,10 @@ def main(argv: list[str] | None = None) -> int:
                         help="fraction of the GPU's fp32 peak the model's kernels reach")
     parser.add_argument("--fp16", action="store_true", help="fp16 gradient compression")
     args = parser.parse_args(argv)
+    if args.batch < 1:
+        parser.error(f"--batch must be >= 1, got {args.batch}")
+    if not 0 < args.utilization <= 1:
+        parser.error(f"--utilization must be in (0, 1], got {args.utilization}")
     for model in (MNIST_CNN, RESNET20):
         print(table(model, args.batch, args.utilization, args.fp16))
     return 0
