@@ -14,7 +14,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import posixpath
-from urllib.parse import urlparse
 
 import numpy as np
 
@@ -26,7 +25,7 @@ from nnfund_spark.data.manifest import (MANIFEST, build_manifest, log_manifest_t
                                         read_manifest, split_entry, write_manifest)
 from nnfund_spark.data.schema import image_schema
 from nnfund_spark.data.splits import make_splits, stratified_split
-from nnfund_spark.data.storage import Location, commit, resolve, staging_for
+from nnfund_spark.data.storage import Location, commit, overlapping, resolve, staging_for
 from nnfund_spark.data.writer import write_array_splits
 
 log = logging.getLogger(__name__)
@@ -83,14 +82,9 @@ def _refuse_to_replace_non_dataset(output: Location) -> None:
 
 def _refuse_output_over_source(output: Location, raw_dir: str) -> None:
     """The output must not be, contain or lie inside the raw source: replacing it would delete
-    the images being read, and a dataset inside an image folder would be read as its images.
-    Checked when the source is on the output's filesystem (only then can they overlap, and
-    only then is it sure this node can resolve the source's scheme)."""
-    scheme = urlparse(raw_dir).scheme
-    if scheme not in ("", "file") and scheme != urlparse(output.uri).scheme:
-        return
-    source = resolve(raw_dir)
-    if output.overlaps(source):
+    the images being read, and a dataset inside an image folder would be read as its images."""
+    source = overlapping(raw_dir, output)
+    if source is not None:
         raise OutputExistsError(f"data.output_dir {output.display} overlaps data.raw_dir "
                                 f"{source.display}; choose an output directory outside the raw "
                                 f"data (and not a parent of it)")

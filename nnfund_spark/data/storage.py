@@ -177,6 +177,17 @@ def _remote(text: str, scheme: str) -> Location:
     return Location(fs, path, text.rstrip("/"))
 
 
+def overlapping(location: str, other: Location) -> "Location | None":
+    """`location` resolved when it is, contains or lies inside `other`; else None. A location
+    on another filesystem than `other` cannot overlap it and is not resolved (this node may not
+    even know its scheme: Spark alone reads or writes such a location)."""
+    scheme = urlparse(location).scheme
+    if scheme not in ("", "file", "dbfs") and scheme != urlparse(other.uri).scheme:
+        return None
+    resolved = resolve(location)
+    return resolved if resolved.overlaps(other) else None
+
+
 def local_path(location: str | Path) -> Path:
     """A local path or file:// URI as an absolute Path; a remote URI is a StorageError (for
     the few things that must be local, e.g. checkpoints written with Keras)."""

@@ -17,11 +17,10 @@ import time
 import uuid
 from pathlib import Path
 from typing import Optional
-from urllib.parse import urlparse
 
 from nnfund_spark.config import TrackingConfig
 from nnfund_spark.data.prepare import MANIFEST, read_manifest
-from nnfund_spark.data.storage import Location, resolve, spark_filesystem
+from nnfund_spark.data.storage import Location, overlapping, resolve, spark_filesystem
 from nnfund_spark.databricks import spark_uri
 from nnfund_spark.inference.config import PredictConfig
 from nnfund_spark.inference.model import download_model, parse_model_uri, resolve_source_run
@@ -53,14 +52,9 @@ def resolve_split(dataset_dir: str, split: str) -> tuple[Location, str, Location
 
 
 def _refuse_output_over_dataset(output_uri: str, root: Location) -> None:
-    """--overwrite on an output that is, contains or sits inside the dataset would destroy it.
-    Only an output on the dataset's own filesystem can overlap it (and only then is it sure
-    that this node can resolve the output's scheme: Spark alone writes other ones)."""
-    scheme = urlparse(output_uri).scheme
-    if scheme not in ("file", "dbfs") and scheme != urlparse(root.uri).scheme:
-        return
-    output = resolve(output_uri)
-    if output.overlaps(root):
+    """--overwrite on an output that is, contains or sits inside the dataset would destroy it."""
+    output = overlapping(output_uri, root)
+    if output is not None:
         raise ValueError(f"output {output.display} overlaps the dataset {root.display}; choose "
                          f"a directory outside the dataset")
 
