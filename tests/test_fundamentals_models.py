@@ -272,3 +272,81 @@ def test_train_config_reaches_the_model_builder():
     assert model.get_layer("c1_bn").momentum == pytest.approx(0.9)
     defaults = model_kwargs(load_config(None, []).train, {})
     assert defaults["bn_momentum"] is None and defaults["norm_groups"] is None
+
+
+# (model, image shape, options, what the refusal says): values a config can carry that no
+# builder accepts. check_model (run by the driver before any rank starts) must refuse exactly
+# what build_model (run by the ranks) refuses, with the same message.
+REFUSED_OPTIONS = [
+    ("convnet", (28, 28, 1), {"dense_units": 1e3}, r"dense_units must be an integer >= 0"),
+    ("convnet", (28, 28, 1), {"filters": 32}, r"filters must be a non-empty list of positive"),
+    ("convnet", (28, 28, 1), {"filters": []}, r"filters must be a non-empty list"),
+    ("mlp", (28, 28, 1), {"units": [1e3]}, r"units must be a list of positive integers"),
+    ("vgg", (32, 32, 3), {"depth": 16.0}, r"unknown vgg depth 16.0; available: 11, 13"),
+    ("resnet", (32, 32, 3), {"depth": 21}, r"depth must be 6n \+ 2"),
+    ("resnet", (32, 32, 3), {"activation": "maxout"}, r"resnet cannot use activation 'maxout'"),
+    ("alexnet", (32, 32, 3), {"width": 0}, r"width must be a number > 0, got 0"),
+    ("inception", (32, 32, 3), {"dropout": 1.0}, r"dropout must be a number in \[0, 1\)"),
+    ("mnist_cnn", (28, 28, 1), {"bn_momentum": 2}, r"bn_momentum must be a number in"),
+    ("mnist_cnn", (28, 28, 1), {"normalization_input": "standardize", "mean": [0.5, 0.5, 0.5],
+                                "std": [0.2, 0.2, 0.2]}, r"both need one per channel \(1\)"),
+    ("lenet5", (28, 28, 1), {"units": [10]}, r"model 'lenet5' does not accept units"),
+]
+
+
+@pytest.mark.parametrize("name,shape,options,message", REFUSED_OPTIONS,
+                         ids=[f"{r[0]}-{sorted(r[2])}" for r in REFUSED_OPTIONS])
+def test_check_model_refuses_what_build_model_refuses(name, shape, options, message):
+    from nnfund_spark.models.zoo import check_model
+
+    with pytest.raises(ValueError, match=message) as checked:
+        check_model(name, shape, 10, **options)
+    with pytest.raises(ValueError, match=message) as built:
+        build_model(name, shape, 10, **options)
+    assert str(checked.value) == str(built.value)
+
+
+# The smallest image each valid-padded model fits, by its layer arithmetic; one pixel less and
+# Keras itself cannot build it (a pool would see 1 pixel).
+SMALLEST_IMAGE = [("lenet5", {}, 12), ("mnist_cnn", {}, 6), ("convnet", {"filters": [4, 4]}, 10),
+                  ("convnet", {"filters": [4, 4, 4]}, 22)]
+
+
+@pytest.mark.parametrize("name,options,smallest", SMALLEST_IMAGE)
+def test_check_model_knows_the_smallest_image_keras_can_build(name, options, smallest,
+                                                              monkeypatch):
+    from nnfund_spark.models import classic
+    from nnfund_spark.models.blocks import check_image_model
+    from nnfund_spark.models.zoo import check_model
+
+    fits, too_small = (smallest, smallest + 3, 1), (smallest - 1, smallest + 3, 1)
+    check_model(name, fits, 10, **options)
+    assert build_model(name, fits, 10, **options).output_shape == (None, 10)
+    with pytest.raises(ValueError, match=f"{name}.* (does|do) not fit"):
+        check_model(name, too_small, 10, **options)
+    # Without the geometry check, Keras fails on the same image: the check is not stricter.
+    monkeypatch.setattr(classic, f"check_{name}", lambda shape, classes, *args: (
+        *check_image_model(shape, classes, *args[-3:]),
+        *([tuple(args[0])] if name == "convnet" else ["same"] if name == "lenet5" else [])))
+    with pytest.raises(ValueError, match="Negative dimension size"):
+        build_model(name, too_small, 10, **options)
+
+
+def test_check_model_needs_no_tensorflow():
+    """The driver checks the model without importing TensorFlow (seconds and memory it does
+    not otherwise need)."""
+    import subprocess
+    import sys
+
+    code = ("import sys\n"
+            "from nnfund_spark.models.zoo import MODELS, check_model\n"
+            "for name in MODELS:\n"
+            "    check_model(name, (32, 32, 3), 10)\n"
+            "try:\n"
+            "    check_model('convnet', (28, 28, 1), 10, dense_units=1e3)\n"
+            "except ValueError as exc:\n"
+            "    print(exc)\n"
+            "print('tensorflow' in sys.modules)\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True).stdout.split("\n")
+    assert out[0].startswith("dense_units must be an integer >= 0") and out[1] == "False"

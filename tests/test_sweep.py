@@ -128,3 +128,25 @@ register_best: tiny_best
     assert best == summary["best_trial"] and best in {"optimizer=adam", "optimizer=sgd"}
     assert parent.data.tags["sweep.registered_model"] == "tiny_best v1"
     assert client.get_registered_model("tiny_best").name == "tiny_best"
+
+
+def test_a_trial_that_cannot_build_its_model_stops_the_sweep_before_anything_trains(
+        spark, small_mnist, tmp_path):
+    """Model option values are checked against the dataset's images for every trial before the
+    parent run opens: a sweep is not refused hours in, at its last trial."""
+    from mlflow.tracking import MlflowClient
+
+    from nnfund_spark.experiments.runner import run_sweep
+
+    out, _ = small_mnist
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    sweep = load_sweep(write(tmp_path / "sweep.yaml", f"""
+name: widths
+set: {{data.output_dir: "{out}", train.model: convnet, tracking.tracking_uri: "{uri}"}}
+axes: {{train.model_options.filters: [[8], [8, 8, 8, 8]]}}
+"""))
+    with pytest.raises(ValueError, match=r"1 of 2 trials cannot run; nothing was trained: "
+                                         r"filters=\[8, 8, 8, 8\]: .*convnet: 4 "
+                                         r"conv/pool stages do not fit \(28, 28, 1\) images"):
+        run_sweep(spark, sweep)
+    assert not MlflowClient(uri).search_experiments(filter_string="name = 'nnfund_spark'")

@@ -201,6 +201,31 @@ def test_a_needed_split_that_is_empty_is_refused_before_any_rank_starts(spark, m
     check_splits_for(config.train, read_manifest(out), str(out))
 
 
+def test_a_model_that_cannot_be_built_is_refused_before_any_rank_starts(spark, small_mnist,
+                                                                       tmp_path):
+    """train.model_options values, the image geometry and the crop's bound by the image size
+    are checked on the driver with the ranks' own checks, before the MLflow run opens: not by
+    every rank after Spark start-up."""
+    from mlflow.tracking import MlflowClient
+
+    out, _ = small_mnist
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    base = [f"data.output_dir={out}", f"tracking.tracking_uri={uri}", "train.model=convnet"]
+    cases = {
+        "train.model_options.dense_units=1e3": r"dense_units must be an integer >= 0 .*1000.0",
+        "train.model_options.filters=[16, 16, 16, 16]": r"4 conv/pool stages do not fit",
+    }
+    for override, message in cases.items():
+        with pytest.raises(ValueError, match=r"train.model=convnet cannot be built for .*"
+                                             r"mnist_small \(28x28x1 images, 10 classes\): .*"
+                                             + message):
+            run_training(spark, load_config(None, base + [override]))
+    with pytest.raises(ValueError, match=r"train.augment: augmentation 'random_crop': padding "
+                                         r"must be below the image size 28x28, got 28"):
+        run_training(spark, load_config(None, base + ["train.augment.random_crop=28"]))
+    assert not MlflowClient(uri).search_experiments(filter_string="name = 'nnfund_spark'")
+
+
 def test_mpi_controller_without_mpi_is_refused_before_any_rank_starts(spark, small_mnist,
                                                                       tmp_path, monkeypatch):
     """train.controller=mpi on a host without mpirun must say what is missing before the MLflow

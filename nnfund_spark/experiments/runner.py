@@ -22,8 +22,20 @@ def run_sweep(spark, sweep: Sweep) -> dict:
     import mlflow
 
     from nnfund_spark.tracking.artifacts import comparison_figure
-    from nnfund_spark.training.launcher import run_training
+    from nnfund_spark.training.launcher import preflight, run_training
 
+    # A trial whose config cannot train on its dataset (an empty split it needs, a model that
+    # does not fit the images) is refused with the others before the sweep starts, not hours
+    # into it.
+    refused = []
+    for trial in sweep.trials:
+        try:
+            preflight(trial.config)
+        except (ValueError, FileNotFoundError) as exc:
+            refused.append(f"{trial.name}: {exc}")
+    if refused:
+        raise ValueError(f"{len(refused)} of {len(sweep.trials)} trials cannot run; nothing "
+                         f"was trained: " + "; ".join(refused))
     first = sweep.trials[0].config
     tracking_uri = resolve_tracking_uri(first.tracking)
     results = []

@@ -60,15 +60,43 @@ def check_input_shape(input_shape: Sequence[int], needs_image: bool = True) -> t
     return shape
 
 
-def start_image_model(input_shape, dropout: float, dense_dropout: float, **options):
-    """What every image model begins with: the checked (H, W, C) shape and dropout rates, the
-    shared layer options, and the input layers. Returns (options, inputs, x)."""
-    shape = check_input_shape(input_shape)
+def check_num_classes(num_classes) -> int:
+    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 2:
+        raise ValueError(f"num_classes must be an integer >= 2, got {num_classes!r}")
+    return num_classes
+
+
+def check_image_model(input_shape, num_classes, dropout, dense_dropout, common: dict,
+                      needs_image: bool = True):
+    """What every builder checks before it builds anything, none of which needs TensorFlow:
+    the input shape (H, W, C), the class count, the dropout rates and the shared layer options,
+    input normalization against the channel count included. Returns (shape, LayerOptions).
+
+    Builders call it (through their own ``check_*`` function in ``zoo.CHECKS``) first, and the
+    driver calls the same functions through ``zoo.check_model`` before any rank starts."""
+    shape = check_input_shape(input_shape, needs_image=needs_image)
+    check_num_classes(num_classes)
     check_rate("dropout", dropout)
     check_rate("dense_dropout", dense_dropout)
-    layer_options = LayerOptions(**options)
-    inputs, x = layer_options.inputs(shape)
-    return layer_options, inputs, x
+    options = LayerOptions(**common)
+    options.check_input(shape)
+    return shape, options
+
+
+def check_positive_integers(name: str, values, allow_empty: bool = False) -> tuple:
+    """A list of widths (units, filters): positive integers, as a tuple."""
+    if isinstance(values, (str, bytes)) or not isinstance(values, (list, tuple)) \
+            or (not values and not allow_empty) \
+            or any(isinstance(v, bool) or not isinstance(v, int) or v < 1 for v in values):
+        raise ValueError(f"{name} must be a {'' if allow_empty else 'non-empty '}list of "
+                         f"positive integers, got {values!r}")
+    return tuple(values)
+
+
+def valid_size(size: int, window: int, stride: int = 1) -> int:
+    """What a 'valid' (unpadded) conv or pool leaves of ``size`` pixels, as Keras computes it
+    (the leftover border is dropped); 0 when the window does not fit at all."""
+    return (size - window) // stride + 1 if size >= window else 0
 
 
 @dataclass(frozen=True)
@@ -123,6 +151,12 @@ class LayerOptions:
         if self.l2:
             return tf.keras.regularizers.L2(self.l2)
         return None
+
+    def check_input(self, input_shape: Sequence[int]) -> None:
+        """The input normalization's mean/std against the image's channel count."""
+        from nnfund_spark.training.augment import check_input_normalization
+        check_input_normalization(self.normalization_input, self.mean, self.std,
+                                  channels=input_shape[-1])
 
     def inputs(self, input_shape: Sequence[int]):
         """(Input, tensor after the input-normalization layer)."""
@@ -183,8 +217,7 @@ class LayerOptions:
         probabilities the loss takes the log of, and the logged float32 model would not
         reproduce what was evaluated)."""
         import tensorflow as tf
-        if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 2:
-            raise ValueError(f"num_classes must be an integer >= 2, got {num_classes!r}")
+        check_num_classes(num_classes)
         return tf.keras.layers.Dense(num_classes, activation="softmax",
                                      kernel_initializer=self.initializer,
                                      kernel_regularizer=self.regularizer(),

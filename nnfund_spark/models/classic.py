@@ -7,8 +7,16 @@ from __future__ import annotations
 
 from typing import Sequence
 
-from nnfund_spark.models.blocks import (LayerOptions, check_input_shape, check_rate, check_width,
-                                        dropout as dropout_layer, scaled, start_image_model)
+from nnfund_spark.models.blocks import (check_image_model, check_positive_integers, check_rate,
+                                        check_width, dropout as dropout_layer, scaled, valid_size)
+
+
+def check_mlp(input_shape, num_classes, units, dropout, dense_dropout, input_dropout, common):
+    """mlp's checks, without TensorFlow: (shape, LayerOptions, units)."""
+    shape, options = check_image_model(input_shape, num_classes, dropout, dense_dropout, common,
+                                       needs_image=False)
+    check_rate("input_dropout", input_dropout)
+    return shape, options, check_positive_integers("units", units, allow_empty=True)
 
 
 def mlp(input_shape, num_classes, *, units: Sequence[int] = (1000, 1000), dropout: float = 0.0,
@@ -20,23 +28,30 @@ def mlp(input_shape, num_classes, *, units: Sequence[int] = (1000, 1000), dropou
     ``input_dropout`` drops input pixels (Hinton et al. 2012 used 0.2); ``dropout`` has no conv
     layer to act on here and is accepted only so every model takes the same options.
     """
+    shape, options, units = check_mlp(input_shape, num_classes, units, dropout, dense_dropout,
+                                      input_dropout, common)
     import tensorflow as tf
 
-    check_input_shape(input_shape, needs_image=False)
-    check_rate("dense_dropout", dense_dropout)
-    check_rate("input_dropout", input_dropout)
-    check_rate("dropout", dropout)
-    units = tuple(units)
-    if any(isinstance(width, bool) or not isinstance(width, int) or width < 1 for width in units):
-        raise ValueError(f"units must be a list of positive integers, got {list(units)!r}")
-    options = LayerOptions(**common)
-    inputs, x = options.inputs(input_shape)
+    inputs, x = options.inputs(shape)
     x = tf.keras.layers.Flatten(name="flatten")(x)
     x = dropout_layer(x, input_dropout, "input_dropout")
     for index, width in enumerate(units, start=1):
         x = options.dense(x, width, name=f"dense{index}")
         x = dropout_layer(x, dense_dropout, f"dropout{index}")
     return tf.keras.Model(inputs, options.classifier(x, num_classes), name="mlp")
+
+
+def check_lenet5(input_shape, num_classes, dropout, dense_dropout, common):
+    """lenet5's checks, without TensorFlow: (shape, LayerOptions, C1's padding)."""
+    shape, options = check_image_model(input_shape, num_classes, dropout, dense_dropout, common)
+    padding = "same" if min(shape[:2]) < 32 else "valid"
+    for size in shape[:2]:
+        c1 = size if padding == "same" else valid_size(size, 5)
+        if valid_size(valid_size(valid_size(c1, 2, 2), 5), 2, 2) < 1:
+            raise ValueError(f"lenet5 does not fit {shape[0]}x{shape[1]} images: C3's 5x5 "
+                             f"conv and S4's pool need at least 12x12 (below 32 px C1 keeps "
+                             f"the size); use mlp, mnist_cnn or convnet for smaller images")
+    return shape, options, padding
 
 
 def lenet5(input_shape, num_classes, *, dropout: float = 0.0, dense_dropout: float = 0.0,
@@ -49,11 +64,12 @@ def lenet5(input_shape, num_classes, *, dropout: float = 0.0, dense_dropout: flo
     61,706 parameters on 28x28x1 and 62,006 on 32x32x3 (C1 sees 3 channels), 10 classes.
     ``dropout`` acts after each pooling layer, ``dense_dropout`` before the output.
     """
+    shape, options, padding = check_lenet5(input_shape, num_classes, dropout, dense_dropout,
+                                           common)
     import tensorflow as tf
 
     layers = tf.keras.layers
-    options, inputs, x = start_image_model(input_shape, dropout, dense_dropout, **common)
-    padding = "same" if min(input_shape[:2]) < 32 else "valid"
+    inputs, x = options.inputs(shape)
     x = options.conv(x, 6, 5, name="c1", padding=padding)
     x = dropout_layer(layers.MaxPooling2D(2, name="s2")(x), dropout, "s2_dropout")
     x = options.conv(x, 16, 5, name="c3", padding="valid")
@@ -65,6 +81,15 @@ def lenet5(input_shape, num_classes, *, dropout: float = 0.0, dense_dropout: flo
     return tf.keras.Model(inputs, options.classifier(x, num_classes), name="lenet5")
 
 
+def check_mnist_cnn(input_shape, num_classes, dropout, dense_dropout, common):
+    """mnist_cnn's checks, without TensorFlow: (shape, LayerOptions)."""
+    shape, options = check_image_model(input_shape, num_classes, dropout, dense_dropout, common)
+    if min(shape[:2]) < 6:
+        raise ValueError(f"mnist_cnn does not fit {shape[0]}x{shape[1]} images: two 3x3 valid "
+                         f"convs and a 2x2 pool need at least 6x6")
+    return shape, options
+
+
 def mnist_cnn(input_shape, num_classes, *, dropout: float = 0.25, dense_dropout: float = 0.5,
               **common):
     """The series' MNIST CNN: conv 32 → conv 64 → max-pool → dropout → dense 128 → dropout.
@@ -72,10 +97,11 @@ def mnist_cnn(input_shape, num_classes, *, dropout: float = 0.25, dense_dropout:
     1,199,882 parameters on 28x28x1 with 10 classes (with the default options; layer names
     conv1, conv2, pool, dropout1, flatten, dense, dropout2, probabilities).
     """
+    shape, options = check_mnist_cnn(input_shape, num_classes, dropout, dense_dropout, common)
     import tensorflow as tf
 
     layers = tf.keras.layers
-    options, inputs, x = start_image_model(input_shape, dropout, dense_dropout, **common)
+    inputs, x = options.inputs(shape)
     x = options.conv(x, 32, 3, name="conv1", padding="valid")
     x = options.conv(x, 64, 3, name="conv2", padding="valid")
     x = layers.MaxPooling2D(2, name="pool")(x)
@@ -84,6 +110,24 @@ def mnist_cnn(input_shape, num_classes, *, dropout: float = 0.25, dense_dropout:
     x = options.dense(x, 128, name="dense")
     x = dropout_layer(x, dense_dropout, "dropout2")
     return tf.keras.Model(inputs, options.classifier(x, num_classes), name="mnist_cnn")
+
+
+def check_convnet(input_shape, num_classes, filters, dense_units, dropout, dense_dropout,
+                  common):
+    """convnet's checks, without TensorFlow: (shape, LayerOptions, filters)."""
+    shape, options = check_image_model(input_shape, num_classes, dropout, dense_dropout, common)
+    filters = check_positive_integers("filters", filters)
+    if isinstance(dense_units, bool) or not isinstance(dense_units, int) or dense_units < 0:
+        raise ValueError(f"dense_units must be an integer >= 0 (0 = no hidden dense layer), "
+                         f"got {dense_units!r}")
+    height, width = shape[:2]
+    for index in range(1, len(filters) + 1):
+        if min(height, width) < 4:
+            raise ValueError(f"convnet: {len(filters)} conv/pool stages do not fit "
+                             f"{shape} images (stage {index} would see {height}x{width}); use "
+                             f"fewer filters entries")
+        height, width = (valid_size(valid_size(size, 3), 2, 2) for size in (height, width))
+    return shape, options, filters
 
 
 def convnet(input_shape, num_classes, *, filters: Sequence[int] = (32, 64),
@@ -97,23 +141,13 @@ def convnet(input_shape, num_classes, *, filters: Sequence[int] = (32, 64),
     more compute, and 99 % MNIST test accuracy in three epochs instead of nine.
     ``dropout`` acts after each pool, ``dense_dropout`` before the output layer.
     """
+    shape, options, filters = check_convnet(input_shape, num_classes, filters, dense_units,
+                                            dropout, dense_dropout, common)
     import tensorflow as tf
 
     layers = tf.keras.layers
-    options, inputs, x = start_image_model(input_shape, dropout, dense_dropout, **common)
-    filters = tuple(filters)
-    if not filters or any(isinstance(width, bool) or not isinstance(width, int) or width < 1
-                          for width in filters):
-        raise ValueError(f"filters must be a non-empty list of positive integers, "
-                         f"got {list(filters)!r}")
-    if isinstance(dense_units, bool) or not isinstance(dense_units, int) or dense_units < 0:
-        raise ValueError(f"dense_units must be an integer >= 0 (0 = no hidden dense layer), "
-                         f"got {dense_units!r}")
+    inputs, x = options.inputs(shape)
     for index, width in enumerate(filters, start=1):
-        if min(x.shape[1:3]) < 4:
-            raise ValueError(f"convnet: {len(filters)} conv/pool stages do not fit "
-                             f"{tuple(input_shape)} images (stage {index} would see "
-                             f"{x.shape[1]}x{x.shape[2]}); use fewer filters entries")
         x = options.conv(x, width, 3, name=f"conv{index}", padding="valid")
         x = dropout_layer(layers.MaxPooling2D(2, name=f"pool{index}")(x), dropout,
                           f"pool{index}_dropout")
@@ -133,6 +167,12 @@ ALEXNET_CONV = ((64, 5), (192, 5), (384, 3), (256, 3), (256, 3))
 ALEXNET_DENSE = (1024, 1024)
 
 
+def check_alexnet(input_shape, num_classes, width, dropout, dense_dropout, common):
+    """alexnet's checks, without TensorFlow: (shape, LayerOptions, width)."""
+    shape, options = check_image_model(input_shape, num_classes, dropout, dense_dropout, common)
+    return shape, options, check_width(width)
+
+
 def alexnet(input_shape, num_classes, *, width: float = 1.0, dropout: float = 0.0,
             dense_dropout: float = 0.5, **common):
     """Small-image AlexNet: five convs, overlapping 3x3/2 max-pools after conv 1, 2 and 5
@@ -142,11 +182,12 @@ def alexnet(input_shape, num_classes, *, width: float = 1.0, dropout: float = 0.
     and 28 → 14 → 7 → 4. ``dropout`` acts after each pool. 7,706,442 parameters on 32x32x3 with
     10 classes (7,703,242 on 28x28x1), versus ≈ 61M for the ImageNet original.
     """
+    shape, options, width = check_alexnet(input_shape, num_classes, width, dropout,
+                                          dense_dropout, common)
     import tensorflow as tf
 
-    width = check_width(width)
     layers = tf.keras.layers
-    options, inputs, x = start_image_model(input_shape, dropout, dense_dropout, **common)
+    inputs, x = options.inputs(shape)
     for index, (filters, kernel) in enumerate(ALEXNET_CONV, start=1):
         x = options.conv(x, scaled(width, filters), kernel, name=f"conv{index}")
         if index in (1, 2, 5):

@@ -4,8 +4,8 @@ Common options: ``models.blocks`` docstring.
 """
 from __future__ import annotations
 
-from nnfund_spark.models.blocks import (LayerOptions, check_width, dropout as dropout_layer,
-                                        scaled, start_image_model)
+from nnfund_spark.models.blocks import (LayerOptions, check_image_model, check_width,
+                                        dropout as dropout_layer, scaled)
 
 # Convs per block for each VGG depth (Simonyan & Zisserman 2015, table 1, configurations A, B,
 # D, E): depth counts weight layers, i.e. these convs plus the three dense layers.
@@ -18,6 +18,15 @@ VGG_WIDTHS = (32, 64, 128, 256, 256)
 VGG_DENSE = 256
 
 
+def check_vgg(input_shape, num_classes, depth, width, dropout, dense_dropout, common):
+    """vgg's checks, without TensorFlow: (shape, LayerOptions, width)."""
+    if isinstance(depth, bool) or not isinstance(depth, int) or depth not in VGG_BLOCKS:
+        raise ValueError(f"unknown vgg depth {depth!r}; available: "
+                         f"{', '.join(str(key) for key in VGG_BLOCKS)}")
+    shape, options = check_image_model(input_shape, num_classes, dropout, dense_dropout, common)
+    return shape, options, check_width(width)
+
+
 def vgg(input_shape, num_classes, *, depth: int = 16, width: float = 1.0, dropout: float = 0.0,
         dense_dropout: float = 0.5, **common):
     """VGG-``depth`` (11, 13, 16 or 19): stacks of 3x3 'same' convs, a 2x2 max-pool after each
@@ -27,14 +36,12 @@ def vgg(input_shape, num_classes, *, depth: int = 16, width: float = 1.0, dropou
     ``dropout`` acts after each pool. VGG-16 at width 1: 3,814,314 parameters on 32x32x3 with
     10 classes (the ImageNet original has 138M).
     """
+    shape, options, width = check_vgg(input_shape, num_classes, depth, width, dropout,
+                                      dense_dropout, common)
     import tensorflow as tf
 
-    if depth not in VGG_BLOCKS:
-        raise ValueError(f"unknown vgg depth {depth!r}; available: "
-                         f"{', '.join(str(key) for key in VGG_BLOCKS)}")
-    width = check_width(width)
     layers = tf.keras.layers
-    options, inputs, x = start_image_model(input_shape, dropout, dense_dropout, **common)
+    inputs, x = options.inputs(shape)
     for block, (convs, filters) in enumerate(zip(VGG_BLOCKS[depth], VGG_WIDTHS), start=1):
         for index in range(1, convs + 1):
             x = options.conv(x, scaled(width, filters), 3, name=f"block{block}_conv{index}")
@@ -80,6 +87,12 @@ def inception_module(options: LayerOptions, x, widths, name: str):
     return tf.keras.layers.Concatenate(name=f"{name}_concat")([branch1, branch3, branch5, pooled])
 
 
+def check_inception(input_shape, num_classes, width, dropout, dense_dropout, common):
+    """inception's checks, without TensorFlow: (shape, LayerOptions, width)."""
+    shape, options = check_image_model(input_shape, num_classes, dropout, dense_dropout, common)
+    return shape, options, check_width(width)
+
+
 def inception(input_shape, num_classes, *, width: float = 0.25, dropout: float = 0.0,
               dense_dropout: float = 0.4, **common):
     """A small GoogLeNet: GoogLeNet's nine inception modules (3a-5b, with its max-pools after
@@ -91,11 +104,12 @@ def inception(input_shape, num_classes, *, width: float = 0.25, dropout: float =
     370,790 parameters on 32x32x3 with 10 classes (width 1.0 is the paper's module widths:
     5,864,762 parameters here). ``dropout`` acts after each max-pool.
     """
+    shape, options, width = check_inception(input_shape, num_classes, width, dropout,
+                                            dense_dropout, common)
     import tensorflow as tf
 
-    width = check_width(width)
     layers = tf.keras.layers
-    options, inputs, x = start_image_model(input_shape, dropout, dense_dropout, **common)
+    inputs, x = options.inputs(shape)
     x = options.conv(x, scaled(width, INCEPTION_STEM), 3, name="stem")
     pools = 0
     for name, widths in INCEPTION_PLAN:

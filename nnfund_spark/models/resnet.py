@@ -19,8 +19,8 @@ shortcut cannot follow.
 """
 from __future__ import annotations
 
-from nnfund_spark.models.blocks import (LayerOptions, check_width, dropout as dropout_layer,
-                                        scaled, start_image_model)
+from nnfund_spark.models.blocks import (LayerOptions, check_image_model, check_width,
+                                        dropout as dropout_layer, scaled)
 
 SHORTCUTS = ("A", "B")
 STAGE_WIDTHS = (16, 32, 64)
@@ -46,6 +46,24 @@ def basic_block(options: LayerOptions, x, filters: int, stride: int, shortcut: s
     return options.activate(x, f"{name}_out")
 
 
+def check_resnet(input_shape, num_classes, depth, width, shortcut, dropout, dense_dropout,
+                 normalization, initializer, common):
+    """resnet's checks, without TensorFlow: (shape, LayerOptions, width)."""
+    if isinstance(depth, bool) or not isinstance(depth, int) or depth < 8 or (depth - 2) % 6:
+        raise ValueError(f"resnet depth must be 6n + 2 with n >= 1 (20, 32, 44, 56, 110, ...), "
+                         f"got {depth!r}")
+    if shortcut not in SHORTCUTS:
+        raise ValueError(f"unknown resnet shortcut '{shortcut}'; available: "
+                         f"{', '.join(SHORTCUTS)} (A = zero-padding identity, B = 1x1 projection)")
+    if common.get("activation") == "maxout":
+        raise ValueError("resnet cannot use activation 'maxout': it divides the channel count, "
+                         "which identity shortcuts cannot follow; choose another activation")
+    shape, options = check_image_model(input_shape, num_classes, dropout, dense_dropout,
+                                       dict(common, normalization=normalization,
+                                            initializer=initializer))
+    return shape, options, check_width(width)
+
+
 def resnet(input_shape, num_classes, *, depth: int = 20, width: float = 1.0,
            shortcut: str = "A", dropout: float = 0.0, dense_dropout: float = 0.0,
            normalization: str = "batch", initializer: str = "he_normal", **common):
@@ -57,21 +75,12 @@ def resnet(input_shape, num_classes, *, depth: int = 20, width: float = 1.0,
     ResNet-20 271,098 (paper: 0.27M), ResNet-32 466,426 (0.46M), ResNet-56 857,082
     (0.85M), ResNet-110 1,736,058 (1.7M). Convs before a normalization have no bias.
     """
+    shape, options, width = check_resnet(input_shape, num_classes, depth, width, shortcut,
+                                         dropout, dense_dropout, normalization, initializer,
+                                         common)
     import tensorflow as tf
 
-    if isinstance(depth, bool) or not isinstance(depth, int) or depth < 8 or (depth - 2) % 6:
-        raise ValueError(f"resnet depth must be 6n + 2 with n >= 1 (20, 32, 44, 56, 110, ...), "
-                         f"got {depth!r}")
-    if shortcut not in SHORTCUTS:
-        raise ValueError(f"unknown resnet shortcut '{shortcut}'; available: "
-                         f"{', '.join(SHORTCUTS)} (A = zero-padding identity, B = 1x1 projection)")
-    if common.get("activation") == "maxout":
-        raise ValueError("resnet cannot use activation 'maxout': it divides the channel count, "
-                         "which identity shortcuts cannot follow; choose another activation")
-    width = check_width(width)
-    options, inputs, x = start_image_model(input_shape, dropout, dense_dropout,
-                                           normalization=normalization,
-                                           initializer=initializer, **common)
+    inputs, x = options.inputs(shape)
     blocks_per_stage = (depth - 2) // 6
     x = options.conv(x, scaled(width, STAGE_WIDTHS[0]), 3, name="stem")
     for stage, stage_width in enumerate(STAGE_WIDTHS, start=1):

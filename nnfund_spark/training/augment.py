@@ -46,8 +46,10 @@ def _strength(key: str, value) -> float:
     return float(value)
 
 
-def _validated_strengths(augmentations: Mapping[str, object], image_shape: Sequence[int],
-                         fill_mode: str) -> dict[str, float]:
+def validated_strengths(augmentations: Mapping[str, object], image_shape: Sequence[int],
+                        fill_mode: str = "constant") -> dict[str, float]:
+    """Every strength checked, the crop's bound by the image size included (no TensorFlow:
+    the driver runs it before any rank starts)."""
     if fill_mode not in FILL_MODES:
         raise ValueError(f"unknown fill_mode '{fill_mode}'; available: {', '.join(FILL_MODES)}")
     strengths = checked_strengths(augmentations)
@@ -61,7 +63,8 @@ def _validated_strengths(augmentations: Mapping[str, object], image_shape: Seque
 
 def checked_strengths(augmentations: Mapping[str, object]) -> dict[str, float]:
     """Every strength checked that can be without the image size (the config checks these
-    before anything starts; the crop's bound by the image size is checked by the ranks)."""
+    before Spark starts; ``validated_strengths`` adds the crop's bound by the image size once
+    the dataset is known)."""
     unknown = sorted(set(augmentations) - set(AUGMENTATIONS))
     if unknown:
         raise ValueError(f"unknown augmentation {', '.join(repr(key) for key in unknown)}; "
@@ -87,7 +90,7 @@ def augmentation_layers(augmentations: Mapping[str, object], image_shape: Sequen
     import tensorflow as tf
 
     layers = tf.keras.layers
-    strengths = _validated_strengths(augmentations, image_shape, fill_mode)
+    strengths = validated_strengths(augmentations, image_shape, fill_mode)
     height, width = int(image_shape[0]), int(image_shape[1])
     pad = strengths["random_crop"]
 
@@ -120,7 +123,7 @@ def make_augmenter(augmentations: Mapping[str, object], image_shape: Sequence[in
     import tensorflow as tf
 
     layers = augmentation_layers(augmentations, image_shape, seed, fill_mode)
-    noise = _validated_strengths(augmentations, image_shape, fill_mode)["noise"]
+    noise = validated_strengths(augmentations, image_shape, fill_mode)["noise"]
     if not layers and not noise:
         return None
     # Keras' GaussianNoise ignores its seed between fresh instances (checked on TF 2.15), so the
@@ -139,6 +142,31 @@ def make_augmenter(augmentations: Mapping[str, object], image_shape: Sequence[in
     return augment
 
 
+def check_input_normalization(kind: str, mean: Optional[Sequence[float]] = None,
+                              std: Optional[Sequence[float]] = None,
+                              channels: Optional[int] = None):
+    """The checks of ``input_normalization_layer``, without TensorFlow. Returns (mean, std) as
+    lists of floats for ``standardize``, else (None, None)."""
+    if kind not in INPUT_NORMALIZATIONS:
+        raise ValueError(f"unknown input normalization '{kind}'; available: "
+                         f"{', '.join(INPUT_NORMALIZATIONS)}")
+    if kind != "standardize":
+        if mean is not None or std is not None:
+            raise ValueError(f"mean/std are only used by input normalization 'standardize', "
+                             f"not '{kind}'")
+        return None, None
+    if mean is None or std is None:
+        raise ValueError("input normalization 'standardize' needs mean and std (per channel, "
+                         "in [0, 1] units: the manifest's train_channel_mean/train_channel_std)")
+    mean, std = [float(value) for value in mean], [float(value) for value in std]
+    if len(mean) != len(std) or (channels is not None and len(mean) != channels):
+        raise ValueError(f"standardize: mean has {len(mean)} values and std {len(std)}; "
+                         f"both need one per channel ({channels if channels else 'equal counts'})")
+    if any(value <= 0 for value in std):
+        raise ValueError(f"standardize: every std must be > 0, got {std}")
+    return mean, std
+
+
 def input_normalization_layer(kind: str = "unit", mean: Optional[Sequence[float]] = None,
                               std: Optional[Sequence[float]] = None,
                               channels: Optional[int] = None):
@@ -153,25 +181,11 @@ def input_normalization_layer(kind: str = "unit", mean: Optional[Sequence[float]
     """
     import tensorflow as tf
 
-    if kind not in INPUT_NORMALIZATIONS:
-        raise ValueError(f"unknown input normalization '{kind}'; available: "
-                         f"{', '.join(INPUT_NORMALIZATIONS)}")
-    if kind != "standardize":
-        if mean is not None or std is not None:
-            raise ValueError(f"mean/std are only used by input normalization 'standardize', "
-                             f"not '{kind}'")
-        if kind == "unit":
-            return tf.keras.layers.Rescaling(1.0 / 255.0, name="rescale")
+    mean, std = check_input_normalization(kind, mean, std, channels)
+    if kind == "unit":
+        return tf.keras.layers.Rescaling(1.0 / 255.0, name="rescale")
+    if kind == "symmetric":
         return tf.keras.layers.Rescaling(1.0 / 127.5, offset=-1.0, name="rescale")
-    if mean is None or std is None:
-        raise ValueError("input normalization 'standardize' needs mean and std (per channel, "
-                         "in [0, 1] units: the manifest's train_channel_mean/train_channel_std)")
-    mean, std = [float(value) for value in mean], [float(value) for value in std]
-    if len(mean) != len(std) or (channels is not None and len(mean) != channels):
-        raise ValueError(f"standardize: mean has {len(mean)} values and std {len(std)}; "
-                         f"both need one per channel ({channels if channels else 'equal counts'})")
-    if any(value <= 0 for value in std):
-        raise ValueError(f"standardize: every std must be > 0, got {std}")
     # Normalization computes (x − mean) / sqrt(variance); express both in 0..255 pixel units.
     return tf.keras.layers.Normalization(axis=-1, mean=[255.0 * value for value in mean],
                                          variance=[(255.0 * value) ** 2 for value in std],

@@ -266,6 +266,37 @@ def check_splits_for(train, manifest: dict, dataset: str) -> None:
                          f"set train.early_stopping_patience=0")
 
 
+def check_model_for(train, manifest: dict, dataset: str) -> None:
+    """Refuse, on the driver and before any rank starts, a model that cannot be built for this
+    dataset (a train.model_options value the builder refuses, a geometry that does not fit the
+    images) or an augmentation that does not fit its images (random_crop padding): the same
+    checks the ranks make, without TensorFlow."""
+    from nnfund_spark.models.zoo import check_model
+    from nnfund_spark.training.augment import validated_strengths
+
+    shape = tuple(manifest["image_shape"])
+    try:
+        validated_strengths(train.augment, shape)
+    except ValueError as exc:
+        raise ValueError(f"train.augment: {exc} ({dataset})") from exc
+    try:
+        check_model(train.model, shape, manifest["num_classes"], **model_kwargs(train, manifest))
+    except ValueError as exc:
+        raise ValueError(f"train.model={train.model} cannot be built for {dataset} "
+                         f"({'x'.join(map(str, shape))} images, {manifest['num_classes']} "
+                         f"classes): {exc}") from exc
+
+
+def preflight(config: JobConfig) -> tuple:
+    """The checks that need the prepared dataset's manifest, before Spark runs anything:
+    (dataset location, manifest)."""
+    dataset_dir = resolve(config.data.output_dir)
+    manifest = read_manifest(dataset_dir)
+    check_splits_for(config.train, manifest, dataset_dir.display)
+    check_model_for(config.train, manifest, dataset_dir.display)
+    return dataset_dir, manifest
+
+
 def worker_settings(config: JobConfig, manifest: dict, dataset_dir: Location) -> dict:
     """Plain values only: this dict is pickled to every executor."""
     train = config.train
@@ -345,9 +376,7 @@ def run_training(spark, config: JobConfig, extra_settings: dict | None = None,
 
     job_started = time.time()
     start_horovod_build_check(config.train.controller)
-    dataset_dir = resolve(config.data.output_dir)
-    manifest = read_manifest(dataset_dir)
-    check_splits_for(config.train, manifest, dataset_dir.display)
+    dataset_dir, manifest = preflight(config)
     num_proc = resolve_num_proc(spark, config.train)
     resume = resume_point(config.train)
     if resume:
