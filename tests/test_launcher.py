@@ -51,8 +51,12 @@ def test_uneven_shards_run_equal_steps_and_use_every_example(spark, small_mnist,
     ranks = sorted(summary["ranks"], key=lambda r: r["rank"])
     assert ranks[1]["train_shard_size"] == 500 < ranks[0]["train_shard_size"]
     assert ranks[0]["steps_per_epoch"] == ranks[1]["steps_per_epoch"]
+    # Every example of each shard went to the model once (what the stream yielded, matched
+    # back by pixels), the cut rank's 500 included.
     for rank in ranks:
-        assert len(rank["seen_per_epoch"][0]) == rank["train_shard_size"]
+        assert len(rank["train_indices"]) == rank["train_shard_size"]
+        assert sorted(rank["seen_per_epoch"][0]) == sorted(rank["train_indices"])
+    assert not set(ranks[0]["train_indices"]) & set(ranks[1]["train_indices"])
 
 
 def test_killed_worker_fails_fast_then_resume_continues_the_same_run(spark, small_mnist,

@@ -45,6 +45,32 @@ def test_dataset_yields_exactly_steps_batches_with_every_label_once():
     np.testing.assert_array_equal(first_x.numpy()[:, 0, 0, 0], (first_y.numpy() * 4) % 256)
 
 
+def test_recorder_reports_the_rows_the_stream_yielded():
+    """The tests' exactly-once check rests on ExampleRecorder: it must report what passed, in
+    order, duplicates matched one for one, and flag an image the shard does not hold."""
+    from nnfund_spark.training.pipeline import ExampleRecorder
+
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (50, 3, 3, 1), dtype=np.uint8)
+    images[7] = images[3]  # two identical images
+    labels = np.arange(50, dtype=np.int32)
+    recorder = ExampleRecorder(images)
+    stream = recorder.wrap(epoch_dataset(images, labels, steps=4, seed=1, epoch=0, rank=0))
+    yielded = np.concatenate([y.numpy() for _, y in stream])  # labels are the rows here
+    positions = recorder.take_positions()
+    assert sorted(positions) == list(range(50))
+    same = {3, 7}
+    assert [p if p not in same else -2 for p in positions] == \
+        [int(y) if int(y) not in same else -2 for y in yielded]
+    assert recorder.take_positions() == []  # each call reports what passed since the last
+    # A stream that repeats one row and drops another does not pass as exactly-once.
+    import tensorflow as tf
+    doubled = tf.data.Dataset.from_tensor_slices((images[[0, 0, 1]].astype(np.float32),
+                                                  labels[[0, 0, 1]])).batch(3)
+    list(recorder.wrap(doubled))
+    assert recorder.take_positions() == [0, -1, 1]
+
+
 def assert_shards_match_petastorm(split_dir, size: int) -> None:
     """read_shard gives every rank of ``size`` exactly the rows, in the same order and with
     the same pixels, that Petastorm's own make_reader gives for cur_shard=rank."""

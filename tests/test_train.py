@@ -41,8 +41,13 @@ def test_ranks_train_on_disjoint_shards_and_end_identical(trained):
 
 
 def test_every_example_exactly_once_per_epoch_reshuffled(trained):
+    """seen_per_epoch is what the training stream handed to the model (each batch's images
+    matched back to the shard's rows as fit consumed them), not a recomputed order."""
     _, manifest, summary = trained
     ranks = sorted(summary["ranks"], key=lambda r: r["rank"])
+    for rank in ranks:
+        for seen in rank["seen_per_epoch"]:
+            assert sorted(seen) == sorted(rank["train_indices"])  # its own shard, once each
     epochs = [ranks[0]["seen_per_epoch"][e] + ranks[1]["seen_per_epoch"][e] for e in range(2)]
     for seen in epochs:
         assert len(seen) == len(set(seen)) == manifest["splits"]["train"]["count"]

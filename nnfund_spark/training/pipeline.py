@@ -128,3 +128,38 @@ def epoch_dataset(images: np.ndarray, labels: np.ndarray, steps: int, seed: int,
     return (dataset.map(lambda x, y: (tf.cast(x, tf.float32), y))
             .prefetch(2)
             .with_options(options))
+
+
+class ExampleRecorder:
+    """Test hook (the launcher's ``return_shard_indices`` setting): which of the shard's rows
+    the training stream really handed to the model, recognised by their pixels as each batch
+    passes. Identical images are matched one for one, so the result is the multiset of rows
+    yielded; -1 marks a yielded image the shard does not hold (or holds fewer times)."""
+
+    def __init__(self, images: np.ndarray):
+        self._rows: dict = {}
+        for position, image in enumerate(images.astype(np.float32)):
+            self._rows.setdefault(image.tobytes(), []).append(position)
+        self._yielded: list = []
+
+    def wrap(self, dataset):
+        """The same batches, each noted as it is produced for the model."""
+        import tensorflow as tf
+
+        def note(images):
+            self._yielded.extend(row.tobytes() for row in images.numpy())
+            return images
+
+        def record(images, labels):
+            passed = tf.py_function(note, [images], images.dtype)
+            passed.set_shape(images.shape)
+            return passed, labels
+
+        return dataset.map(record)
+
+    def take_positions(self) -> list[int]:
+        """The shard positions yielded since the last call, in the order they were yielded."""
+        free = {key: list(positions) for key, positions in self._rows.items()}
+        taken = [free[key].pop(0) if free.get(key) else -1 for key in self._yielded]
+        self._yielded = []
+        return taken

@@ -153,7 +153,8 @@ def _train(settings: dict) -> dict:
     from nnfund_spark.training.metrics import relu_layers
     from nnfund_spark.training.optimizers import make_loss, make_optimizer
     from nnfund_spark.training.schedules import scaled_base_lr, schedule_function
-    from nnfund_spark.training.pipeline import epoch_dataset, read_shard, steps_per_epoch
+    from nnfund_spark.training.pipeline import (ExampleRecorder, epoch_dataset, read_shard,
+                                                steps_per_epoch)
 
     cores = (apply_cpu_binding(settings.get("cores_per_rank", 0))
              if settings.get("cpu_binding") else None)
@@ -272,21 +273,24 @@ def _train(settings: dict) -> dict:
             callbacks.append(MlflowEpochLogger(settings["tracking_uri"], settings["mlflow_run_id"]))
 
     seen = []
+    # Tests: the examples the training stream really yielded, per epoch.
+    recorder = ExampleRecorder(train_images) if settings.get("return_shard_indices") else None
     target_epoch = time_to_target = None
     epoch = first_epoch - 1
     stopper = EarlyStopper(settings["early_stopping_metric"], settings["early_stopping_patience"])
     for epoch in range(first_epoch, settings["epochs"]):
         dataset = epoch_dataset(train_images, train_labels, steps, settings["seed"], epoch, rank)
+        if recorder is not None:
+            dataset = recorder.wrap(dataset)
         if augmenter is not None:
             # Training split only; validation and test see the images as stored.
             dataset = dataset.map(augmenter, num_parallel_calls=tf.data.AUTOTUNE)
-        if settings.get("return_shard_indices"):
-            from nnfund_spark.training.pipeline import epoch_order
-            seen.append(train_index[epoch_order(len(train_index), settings["seed"], epoch,
-                                                rank)].tolist())
         # One fit call per epoch: each epoch gets its own freshly shuffled, exactly-once batches.
         fitted = model.fit(dataset, initial_epoch=epoch, epochs=epoch + 1, verbose=0,
                            callbacks=callbacks)
+        if recorder is not None:
+            seen.append([int(train_index[p]) if p >= 0 else -1
+                         for p in recorder.take_positions()])
         for key, values in fitted.history.items():
             history.setdefault(key, []).extend(float(v) for v in values)
         if rank == 0 and settings.get("checkpoint_dir"):
