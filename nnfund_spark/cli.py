@@ -187,8 +187,10 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"no test split to evaluate (MLflow run {summary['run_id']})")
             print(_ui_hint(summary["tracking_uri"]))
     except (ValueError, FileNotFoundError, FileExistsError, RuntimeError) as exc:
-        log.error("%s failed: %s", args.command, exc)
-        print(f"nnfund-spark {args.command}: error: {exc}", file=sys.stderr)
+        from nnfund_spark.tracking.mlflow_utils import redact_uri
+        message = redact_uri(str(exc))  # it can quote a location with inline credentials
+        log.error("%s failed: %s", args.command, message)
+        print(f"nnfund-spark {args.command}: error: {message}", file=sys.stderr)
         return 1
     except Exception:  # e.g. an executor's PythonException: keep the whole traceback
         log.exception("%s failed", args.command)

@@ -54,20 +54,73 @@ def test_failed_job_leaves_a_failed_run_with_the_error(spark, small_mnist, tmp_p
 
     out, _ = small_mnist
     uri = f"sqlite:///{tmp_path}/mlflow.db"
-    # an augmentation only the ranks can check (a crop padding as large as the 28 x 28 images
-    # the ranks find in the dataset): every worker raises at start-up
-    config = load_config(None, [f"data.output_dir={out}", "train.augment={random_crop: 28}",
-                                f"tracking.tracking_uri={uri}", "tracking.experiment=failing"])
+    config = load_config(None, [f"data.output_dir={out}", f"tracking.tracking_uri={uri}",
+                                "tracking.experiment=failing"])
+    # The dataset the driver checked is gone by the time the ranks read it: every worker
+    # raises at start-up.
+    gone = tmp_path / "gone" / "train"
     with pytest.raises(WorkerError) as err:
-        run_training(spark, config)
+        run_training(spark, config, extra_settings={"split_urls": {"train": gone.as_uri()}})
     # the workers' own error, not just Horovod's "a process exited with non-zero status"
-    assert "augmentation 'random_crop': padding must be below the image size 28x28" in str(err.value)
+    assert str(gone) in str(err.value)
     assert "rank 0:" in str(err.value) and "rank 1:" in str(err.value)
     client = MlflowClient(uri)
     experiment = client.get_experiment_by_name("failing")
     (run,) = client.search_runs([experiment.experiment_id])
     assert run.info.status == "FAILED"
     assert run.data.tags["error"].startswith("WorkerError: training failed on 2 rank(s)")
+
+
+def test_error_tags_and_cli_errors_carry_no_credentials(tmp_path, monkeypatch, capsys):
+    """An error message can quote a location with inline credentials: the run's error tag,
+    a rank's error tag and the CLI's error line show it without them."""
+    import mlflow
+    from mlflow.tracking import MlflowClient
+
+    from nnfund_spark import cli
+    from nnfund_spark.config import TrackingConfig
+    from nnfund_spark.tracking.mlflow_utils import start_job_run
+    from nnfund_spark.training import worker
+
+    secret = "wJalrXUtnFEMI/K7MDENG+bPxRfiCYzEXAMPLEKEY"
+    location = f"s3a://AKIAEXAMPLE:{secret}@bucket/datasets/mnist/train"
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    with pytest.raises(FileNotFoundError):
+        with start_job_run(TrackingConfig(experiment="secrets"), uri) as run:
+            raise FileNotFoundError(f"cannot open {location}")
+    tags = MlflowClient(uri).get_run(run.info.run_id).data.tags
+    assert tags["error"] == "FileNotFoundError: cannot open s3a://***@bucket/datasets/mnist/train"
+
+    def fail(settings):
+        raise OSError(f"reading {location} failed")
+
+    monkeypatch.setattr(worker, "_train", fail)
+    with pytest.raises(OSError):
+        worker.train_worker({"mlflow_run_id": run.info.run_id, "tracking_uri": uri})
+    tags = MlflowClient(uri).get_run(run.info.run_id).data.tags
+    assert tags["error.rankunknown"] == "OSError: reading s3a://***@bucket/datasets/mnist/train failed"
+    assert secret not in str(tags) and "AKIAEXAMPLE" not in str(tags)
+    mlflow.set_tracking_uri(None)
+
+    # The CLI's error line: a dataset location with credentials that holds no dataset.
+    monkeypatch.setattr("nnfund_spark.spark.build_session", lambda *a, **k: _NoSpark())
+    code = cli.main(["train", "--set", f"data.output_dir={location.rsplit('/', 1)[0]}",
+                     "--set", f"tracking.tracking_uri={uri}"])
+    err = capsys.readouterr().err
+    assert code == 1 and "s3a://***@bucket/datasets/mnist" in err
+    assert secret not in err and "AKIAEXAMPLE" not in err
+
+
+class _NoSpark:
+    """Enough of a SparkSession for a job that fails before it uses Spark."""
+
+    class sparkContext:  # noqa: N801 - mirrors the attribute name
+        @staticmethod
+        def getConf():
+            return None
+
+    def stop(self):
+        pass
 
 
 @pytest.fixture

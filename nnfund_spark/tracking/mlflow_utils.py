@@ -90,7 +90,8 @@ def start_job_run(tracking: TrackingConfig, tracking_uri: str, run_name: Optiona
         try:
             yield run
         except BaseException as exc:
-            mlflow.set_tag("error", f"{type(exc).__name__}: {exc}"[:5000])
+            # Error text can quote a location with inline credentials.
+            mlflow.set_tag("error", redact_uri(f"{type(exc).__name__}: {exc}")[:5000])
             raise
 
 
