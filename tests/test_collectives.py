@@ -96,9 +96,10 @@ def test_epoch_throughput_is_timed_before_the_evaluation_callbacks():
     started = time.time()
     history = model.fit(x, y, batch_size=32, epochs=2, verbose=0, callbacks=[
         EpochClock(64), SlowEvaluation(), EpochLogger(64, verbose=0, job_started=started)]).history
-    assert all(seconds < 0.5 for seconds in history["epoch_seconds"]), history["epoch_seconds"]
+    # Each epoch's wall time (on the job clock) holds the 0.6 s evaluation; epoch_seconds not.
+    seconds, elapsed = history["epoch_seconds"], history["elapsed_seconds"]
+    assert elapsed[0] >= seconds[0] + 0.6 and elapsed[1] - elapsed[0] >= seconds[1] + 0.6, history
     assert history["images_per_second"][1] == 64 / history["epoch_seconds"][1]
-    assert history["elapsed_seconds"][0] >= 0.6 and history["elapsed_seconds"][1] >= 1.2
     # Without a clock in front, the logger times the whole epoch end itself.
     alone = model.fit(x, y, batch_size=32, epochs=1, verbose=0, callbacks=[
         SlowEvaluation(), EpochLogger(64, verbose=0)]).history

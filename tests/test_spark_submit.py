@@ -15,9 +15,17 @@ BIN = Path(sys.executable).parent
 
 @pytest.fixture(scope="module")
 def wheel(tmp_path_factory):
+    """The wheel, built from a copy of the source (pip builds in the tree it is given: in the
+    checkout it would leave a build/ directory whose stale files a later wheel could pick up)."""
+    import shutil
+
     out = tmp_path_factory.mktemp("wheel")
+    source = tmp_path_factory.mktemp("source") / "nnfund_spark"
+    shutil.copytree(REPO, source, ignore=shutil.ignore_patterns(
+        ".git", ".venv", "data", "build", "*.egg-info", "__pycache__", "benchmark-results*",
+        "mlruns", "mlartifacts", "mlflow.db", "spark-warehouse"))
     subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation",
-                    "-q", "-w", str(out), str(REPO)], check=True, capture_output=True)
+                    "-q", "-w", str(out), str(source)], check=True, capture_output=True)
     (built,) = out.glob("nnfund_spark-*.whl")
     return built
 

@@ -18,11 +18,11 @@ def trained(spark, small_mnist, tmp_path_factory):
     import tempfile
     from pathlib import Path
 
-    scratch = Path(tempfile.gettempdir())
-    before = set(scratch.glob("nnfund-tensorboard-*"))
     summary = run_training(spark, config, extra_settings={"return_shard_indices": True})
-    # Rank 0's TensorBoard files went to MLflow (checked below); the local copy is gone.
-    assert set(scratch.glob("nnfund-tensorboard-*")) <= before
+    # Rank 0's TensorBoard files went to MLflow (checked below); the local copy, named after
+    # the run, is gone.
+    scratch = Path(tempfile.gettempdir())
+    assert not list(scratch.glob(f"nnfund-tensorboard-{summary['run_id']}-*"))
     return config, manifest, summary
 
 

@@ -269,7 +269,9 @@ def _train(settings: dict) -> dict:
             callbacks.append(DeadReluMonitor(shards["validation"][1][:256]))
         callbacks.append(EpochLogger(sum(shard_sizes), settings["verbose"], clock_started))
         if settings.get("mlflow_run_id"):
-            tensorboard_dir = tempfile.mkdtemp(prefix="nnfund-tensorboard-")
+            # Named after the run: whose files these are, should one be left behind.
+            tensorboard_dir = tempfile.mkdtemp(
+                prefix=f"nnfund-tensorboard-{settings['mlflow_run_id']}-")
             # Removed once uploaded; this covers a rank that fails before that.
             atexit.register(shutil.rmtree, tensorboard_dir, True)
             callbacks.append(tf.keras.callbacks.TensorBoard(tensorboard_dir, profile_batch=0))
