@@ -136,6 +136,51 @@ def test_resume_refuses_a_run_that_early_stopping_ended(tmp_path):
         _refuse_finished_by_history(train, stalled)
 
 
+def test_resume_errors_name_the_checkpoint_directory_and_what_to_do(tmp_path):
+    from nnfund_spark.training.launcher import resume_point
+
+    train = load_config(None, ["train.resume=true", "train.epochs=3"]).train
+    with pytest.raises(ValueError, match="train.resume=true needs train.checkpoint_dir"):
+        resume_point(train)
+    train.checkpoint_dir = str(tmp_path / "ckpt")
+    with pytest.raises(ValueError, match=r"train.resume=true but .*ckpt holds no checkpoint"):
+        resume_point(train)
+    # 'latest' naming a checkpoint that is gone, or whose meta.json is damaged
+    (tmp_path / "ckpt").mkdir()
+    (tmp_path / "ckpt" / "latest").write_text("epoch-0002\n")
+    with pytest.raises(ValueError, match=r"ckpt: 'latest' names the checkpoint 'epoch-0002', "
+                                         r"whose meta.json cannot be read \(.*No such file"):
+        resume_point(train)
+    (tmp_path / "ckpt" / "epoch-0002").mkdir()
+    (tmp_path / "ckpt" / "epoch-0002" / "meta.json").write_text('{"epoch": 2, "hist')
+    with pytest.raises(ValueError, match=r"whose meta.json cannot be read \(Unterminated"):
+        resume_point(train)
+    # ... and a run that is not resuming is refused the directory just the same
+    train.resume = False
+    with pytest.raises(ValueError, match="meta.json cannot be read"):
+        resume_point(train)
+
+
+def test_checkpoints_keep_the_two_newest_and_latest_names_a_complete_one(tmp_path):
+    import tensorflow as tf
+
+    from nnfund_spark.training import checkpoint
+
+    model = tf.keras.Sequential([tf.keras.Input((3,)), tf.keras.layers.Dense(2)])
+    model.compile("adam", "mse")
+    model.fit(tf.zeros((4, 3)), tf.zeros((4, 2)), verbose=0)
+    for epoch in (1, 2, 3):
+        checkpoint.save(tmp_path, epoch, model, {"loss": [0.0] * epoch}, "run", shape={})
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["epoch-0002", "epoch-0003", "latest"]
+    meta = checkpoint.latest(tmp_path)
+    assert meta["epoch"] == 3 and meta["path"] == str(tmp_path / "epoch-0003")
+    # A write that fails half-way leaves the previous checkpoint the latest, and no staging.
+    with pytest.raises(AttributeError):  # a "model" without an optimizer
+        checkpoint.save(tmp_path, 4, object(), {}, "run")
+    assert checkpoint.latest(tmp_path)["epoch"] == 3
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["epoch-0002", "epoch-0003", "latest"]
+
+
 def test_each_rank_pins_the_gpu_spark_assigned(small_mnist, tmp_path):
     """local-cluster with a fake GPU discovery script: Spark hands each barrier task a GPU
     address and the rank selects exactly that one (no GPU here, so nothing is really used)."""

@@ -132,15 +132,42 @@ def test_existing_output_is_kept_unless_overwrite(spark, mnist_raw_dir, tmp_path
     out = tmp_path / "my data" / "ds"
     config = DataConfig(raw_dir=str(mnist_raw_dir), output_dir=str(out), limit=300)
     first = prepare_dataset(spark, config)
+    files = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
     with pytest.raises(OutputExistsError, match="pass --overwrite"):
         prepare_dataset(spark, config)
+    # the refusal left the dataset exactly as it was
+    assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == files
     config.overwrite, config.seed = True, 5
     second = prepare_dataset(spark, config)
     assert second["split_seed"] == 5
     assert json.loads((out / "manifest.json").read_text())["split_seed"] == 5
-    assert first["created_at"] <= second["created_at"]
+    assert second["splits"]["train"]["index_sha256"] != first["splits"]["train"]["index_sha256"]
     assert [p.name for p in tmp_path.iterdir()] == ["my data"]  # nothing written elsewhere
     assert [p.name for p in out.parent.iterdir()] == ["ds"]  # no staging or backup left
+
+
+def test_a_damaged_or_newer_manifest_is_refused_by_name(small_mnist, tmp_path):
+    import shutil
+
+    from nnfund_spark.data.manifest import SCHEMA_VERSION, read_manifest
+
+    source, manifest = small_mnist
+    copy = tmp_path / "copy"
+    copy.mkdir()
+    shutil.copy(source / "manifest.json", copy / "manifest.json")
+    assert read_manifest(copy) == manifest
+    (copy / "manifest.json").write_text(json.dumps(manifest)[:100])
+    with pytest.raises(ValueError, match=r"copy/manifest.json is not a readable manifest .*"
+                                         r"re-prepare the dataset"):
+        read_manifest(copy)
+    (copy / "manifest.json").write_text("[1, 2]")
+    with pytest.raises(ValueError, match="is not a manifest"):
+        read_manifest(copy)
+    (copy / "manifest.json").write_text(json.dumps(dict(manifest,
+                                                        schema_version=SCHEMA_VERSION + 1)))
+    with pytest.raises(ValueError, match=f"schema version {SCHEMA_VERSION + 1} is newer .*"
+                                         f"upgrade nnfund_spark"):
+        read_manifest(copy)
 
 
 def test_overwrite_replaces_only_a_dataset_and_never_the_raw_data(mnist_raw_dir, tmp_path):

@@ -70,7 +70,14 @@ def read_manifest(dataset_dir) -> dict:
     if not path.is_file():
         raise FileNotFoundError(f"no {MANIFEST} in {root.display}: is it a dataset written by "
                                 f"'nnfund-spark prepare' (and did that run finish)?")
-    manifest = json.loads(path.read_text())
+    try:
+        manifest = json.loads(path.read_text())
+    except ValueError as exc:  # json.JSONDecodeError, or bytes that are not UTF-8
+        raise ValueError(f"{path.display} is not a readable manifest ({exc}); re-prepare the "
+                         f"dataset with 'nnfund-spark prepare --overwrite'") from exc
+    if not isinstance(manifest, dict):
+        raise ValueError(f"{path.display} is not a manifest (a JSON object was expected); "
+                         f"re-prepare the dataset with 'nnfund-spark prepare --overwrite'")
     if manifest.get("schema_version", 0) > SCHEMA_VERSION:
         raise ValueError(f"{path.display}: schema version {manifest['schema_version']} is newer than this "
                          f"nnfund_spark understands ({SCHEMA_VERSION}); upgrade nnfund_spark")

@@ -22,8 +22,17 @@ def latest(directory: str | Path) -> Optional[dict]:
     pointer = Path(directory) / "latest"
     if not pointer.is_file():
         return None
-    path = Path(directory) / pointer.read_text().strip()
-    meta = json.loads((path / "meta.json").read_text())
+    name = pointer.read_text().strip()
+    path = Path(directory) / name
+    try:
+        meta = json.loads((path / "meta.json").read_text())
+        if not isinstance(meta, dict) or not isinstance(meta.get("epoch"), int):
+            raise ValueError("it holds no epoch count")
+    except (OSError, ValueError) as exc:  # json.JSONDecodeError is a ValueError
+        raise ValueError(f"{directory}: 'latest' names the checkpoint {name!r}, whose meta.json "
+                         f"cannot be read ({exc}); the directory was changed by something else "
+                         f"than a training run: point train.checkpoint_dir elsewhere or repair "
+                         f"'latest'") from exc
     meta["path"] = str(path)
     return meta
 
