@@ -1,4 +1,6 @@
 """Two Horovod ranks on local Spark, real MNIST: averaged gradients, one MLflow run read back."""
+import json
+
 import numpy as np
 import pytest
 
@@ -104,15 +106,18 @@ def test_mlflow_run_reads_back(trained, small_mnist):
     for expected in ("plots/learning_curves.png", "plots/confusion_matrix.png",
                      "tables/confusion_matrix.csv", "model_summary.txt",
                      "convolutions/first_layer_filters.png", "convolutions/activation_maps.png",
-                     "convolutions/activation_stats.json", "dataset/manifest.json"):
+                     "convolutions/activation_stats.json", "dataset/manifest.json",
+                     "plots/activation_relu.png", "ranks.json"):
         assert expected in artifacts, expected
+    ranks = json.load(open(client.download_artifacts(run.info.run_id, "ranks.json")))
+    assert [r["rank"] for r in ranks] == [0, 1]
+    assert sum(r["train_shard_size"] for r in ranks) == manifest["splits"]["train"]["count"]
     assert any(path.startswith("tensorboard/") for path in artifacts)
     local = client.download_artifacts(run.info.run_id, "tables/confusion_matrix.csv")
     rows = [line.split(",") for line in open(local).read().splitlines()[1:]]
     matrix = np.array([[int(v) for v in row[1:]] for row in rows])
     assert matrix.shape == (10, 10) and matrix.sum() == 2000
     assert np.trace(matrix) / 2000 == pytest.approx(summary["test_accuracy"])
-    import json
     stats = json.load(open(client.download_artifacts(run.info.run_id,
                                                      "convolutions/activation_stats.json")))
     assert set(stats) == {"conv1", "conv2"}
