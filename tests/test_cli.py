@@ -18,6 +18,8 @@ def test_unknown_key_exits_2_and_names_it():
     proc = run("train", "--set", "train.epohcs=3")
     assert proc.returncode == 2
     assert "unknown config key 'train.epohcs'" in proc.stderr
+    # ... and says what is accepted there
+    assert "valid keys here:" in proc.stderr and "epochs" in proc.stderr.split("valid keys here:")[1]
 
 
 def test_print_config_shows_resolved_values():

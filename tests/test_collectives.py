@@ -104,3 +104,26 @@ def test_epoch_throughput_is_timed_before_the_evaluation_callbacks():
     alone = model.fit(x, y, batch_size=32, epochs=1, verbose=0, callbacks=[
         SlowEvaluation(), EpochLogger(64, verbose=0)]).history
     assert alone["epoch_seconds"][0] >= 0.6
+
+
+def test_early_stopping_counts_epochs_since_the_best_in_the_metric_direction():
+    from nnfund_spark.training.callbacks import EarlyStopper
+
+    loss, accuracy = EarlyStopper("val_loss", 2), EarlyStopper("val_accuracy", 2)
+    # The best loss was 2 epochs ago: stop; 1 epoch ago: go on.
+    assert loss.should_stop({"val_loss": [0.5, 0.3, 0.4, 0.35]})
+    assert not loss.should_stop({"val_loss": [0.5, 0.4, 0.3, 0.35]})
+    # Accuracy improves upwards: the same numbers mean the opposite.
+    assert loss.should_stop({"val_loss": [0.5, 0.3, 0.4, 0.6]})
+    assert not accuracy.should_stop({"val_accuracy": [0.5, 0.3, 0.4, 0.6]})
+    assert accuracy.should_stop({"val_accuracy": [0.9, 0.8, 0.85]})
+    # Not before patience + 1 epochs; a tie is no improvement; patience 0 never stops.
+    assert not loss.should_stop({"val_loss": [0.5, 0.6]})
+    assert loss.should_stop({"val_loss": [0.5, 0.5, 0.5]})
+    assert not EarlyStopper("val_loss", 0).should_stop({"val_loss": [1, 2, 3, 4]})
+    # A diverged (nan) epoch is never the best, whatever position it has.
+    nan = float("nan")
+    assert loss.should_stop({"val_loss": [nan, 0.3, nan, nan]})
+    assert not loss.should_stop({"val_loss": [nan, nan, 0.3, nan]})
+    assert loss.should_stop({"val_loss": [nan, nan, nan]})
+    assert not accuracy.should_stop({"val_accuracy": [0.1, nan, 0.2]})

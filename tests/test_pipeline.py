@@ -9,6 +9,10 @@ from nnfund_spark.training.pipeline import (epoch_batches, epoch_dataset, epoch_
 def test_steps_follow_the_largest_shard():
     assert steps_per_epoch([1000, 1000], 64) == 16
     assert steps_per_epoch([1000, 700], 64) == 16   # the small shard uses smaller batches
+    assert steps_per_epoch([1000, 16], 64) == 16    # one example per step: still allowed
+    with pytest.raises(ValueError, match=r"train shards \[1000, 15\] are too uneven for 16 "
+                                         r"steps of batch 64"):
+        steps_per_epoch([1000, 15], 64)
     with pytest.raises(ValueError, match="a rank got no training data"):
         steps_per_epoch([1000, 0], 64)
     with pytest.raises(ValueError, match="too uneven"):

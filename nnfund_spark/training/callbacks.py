@@ -133,8 +133,12 @@ class EarlyStopper:
         values = history.get(self.metric, [])
         if not self.patience or len(values) <= self.patience:
             return False
+        # A nan (a diverged epoch) is never an improvement; if every epoch is nan, none was.
+        finite = [(epoch, value) for epoch, value in enumerate(values) if value == value]
+        if not finite:
+            return True
         better = min if self.metric.endswith("loss") else max
-        best_epoch = values.index(better(values))
+        best_epoch = better(finite, key=lambda pair: pair[1])[0]  # the first, on a tie
         return len(values) - 1 - best_epoch >= self.patience
 
 
