@@ -188,6 +188,16 @@ def test_decode_and_convert_rules():
         return buffer.getvalue()
 
     rgb = np.random.default_rng(0).integers(0, 256, (6, 5, 3), dtype=np.uint8)
+    # Shrinking averages areas: a 24 x 20 image at 12 x 10 is the mean of each 2 x 2 block,
+    # rounded (computed here with numpy, not with the code's own resize); RGB to grayscale is
+    # ITU-R 601-2 luma.
+    big = np.random.default_rng(1).integers(0, 256, (24, 20, 3), dtype=np.uint8)
+    blocks = big.reshape(12, 2, 10, 2, 3).astype(float).mean(axis=(1, 3))
+    shrunk = decode_image(encoded(Image.fromarray(big)), "rgb", (12, 10))
+    assert shrunk.shape == (12, 10, 3) and np.abs(shrunk - blocks).max() <= 0.5
+    luma = big.astype(float) @ [0.299, 0.587, 0.114]
+    gray = decode_image(encoded(Image.fromarray(big)), "grayscale")
+    assert gray.shape == (24, 20, 1) and np.abs(gray[..., 0] - luma).max() <= 1.0
     rgba = Image.fromarray(rgb).convert("RGBA")
     np.testing.assert_array_equal(decode_image(encoded(rgba), "keep"), rgb)  # alpha dropped
     deep = np.arange(30, dtype=np.uint16).reshape(6, 5) * 2000
