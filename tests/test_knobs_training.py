@@ -125,6 +125,29 @@ def test_cover_table_reaches_every_choice():
     assert used == set(AUGMENTATIONS)
 
 
+# What each choice must turn into inside the rank, written out here (not taken from the code):
+# the optimizer's Keras class, momentum and Nesterov flag; the layer or activation function an
+# activation becomes; the normalization layers; the kernel initializer's class; the input layer.
+OPTIMIZER_BUILT = {"sgd": ("SGD", 0.0, False), "momentum": ("SGD", 0.9, False),
+                   "nesterov": ("SGD", 0.9, True), "adagrad": ("Adagrad", 0.0, False),
+                   "adadelta": ("Adadelta", 0.0, False), "rmsprop": ("RMSprop", 0.0, False),
+                   "adam": ("Adam", 0.0, False), "adamax": ("Adamax", 0.0, False),
+                   "nadam": ("Nadam", 0.0, False)}
+ACTIVATION_BUILT = {"step": ("layer", "HeavisideStep"), "sigmoid": ("function", "sigmoid"),
+                    "tanh": ("function", "tanh"), "relu": ("function", "relu"),
+                    "leaky_relu": ("layer", "LeakyReLU"), "elu": ("layer", "ELU"),
+                    "selu": ("function", "selu"), "gelu": ("function", "gelu"),
+                    "swish": ("function", "swish"), "maxout": ("layer", "Maxout")}
+NORMALIZATION_BUILT = {"none": set(), "batch": {"BatchNormalization"},
+                       # layer normalization of a conv map is group normalization, one group
+                       "layer": {"LayerNormalization", "GroupNormalization"},
+                       "group": {"GroupNormalization"}}
+INITIALIZER_BUILT = {"glorot_uniform": "GlorotUniform", "glorot_normal": "GlorotNormal",
+                     "he_uniform": "HeUniform", "he_normal": "HeNormal",
+                     "lecun_uniform": "LecunUniform", "lecun_normal": "LecunNormal"}
+INPUT_BUILT = {"unit": "Rescaling", "symmetric": "Rescaling", "standardize": "Normalization"}
+
+
 @pytest.mark.parametrize("row", COVER, ids=[f"{r[0]}-{r[1]}-{r[2]}" for r in COVER])
 def test_every_choice_trains(spark, small_mnist, tmp_path, row):
     import math
@@ -151,6 +174,18 @@ def test_every_choice_trains(spark, small_mnist, tmp_path, row):
     assert run.info.status == "FINISHED"
     assert run.data.params["train.activation"] == activation
     assert math.isfinite(summary["history"]["loss"][0])
+    # The rank trained what the row asked for.
+    built = summary["ranks"][0]["built"]
+    assert (built["optimizer"], built["momentum"], built["nesterov"]) == \
+        pytest.approx(OPTIMIZER_BUILT[optimizer])
+    kind, name = ACTIVATION_BUILT[activation]
+    assert name in (built["layer_classes"] if kind == "layer" else built["activations"]), built
+    norms = {"BatchNormalization", "LayerNormalization", "GroupNormalization"}
+    found = norms & set(built["layer_classes"])
+    assert found <= NORMALIZATION_BUILT[norm] and bool(found) == (norm != "none"), built
+    assert built["kernel_initializers"] == [INITIALIZER_BUILT[init]]
+    assert INPUT_BUILT[scaling] in built["layer_classes"]
+    assert built["loss"] == loss
     assert summary["test_count"] == 2000 and math.isfinite(summary["test_loss"])
     # 28 steps prove the choice runs end to end, not that it learns (sigmoid + MSE or a deep
     # batch-normalized net need more); learning is shown by the tests above and by the sweeps.

@@ -18,6 +18,27 @@ def weights_digest(model) -> str:
     return digest.hexdigest()
 
 
+def describe_built(model, optimizer) -> dict:
+    """What a rank really trains with, read from the objects TensorFlow built: the optimizer's
+    class and momentum settings, the loss, and the model's layer classes, activation functions
+    and kernel initializers (reported in ranks.json; the tests hold it against the config)."""
+    activations, initializers = set(), set()
+    for layer in model.layers:
+        function = getattr(layer, "activation", None)
+        if function is not None:
+            activations.add(getattr(function, "__name__", type(function).__name__))
+        if getattr(layer, "kernel_initializer", None) is not None:
+            initializers.add(type(layer.kernel_initializer).__name__)
+    config = optimizer.get_config()
+    loss = model.loss
+    return {"optimizer": type(optimizer).__name__,
+            "momentum": float(config.get("momentum") or 0.0),
+            "nesterov": bool(config.get("nesterov", False)),
+            "loss": getattr(loss, "name", None) or getattr(loss, "__name__", type(loss).__name__),
+            "layer_classes": sorted({type(layer).__name__ for layer in model.layers}),
+            "activations": sorted(activations), "kernel_initializers": sorted(initializers)}
+
+
 def select_gpu(local_rank: int, assigned: list[str]) -> tuple[int, str]:
     """Which GPU index a rank pins: the first address Spark's GPU scheduling assigned to its
     barrier task, else its local rank (clusters without resource scheduling)."""
@@ -330,6 +351,7 @@ def _train(settings: dict) -> dict:
         "backward_passes_per_step": settings.get("backward_passes_per_step", 1),
         "steps_per_execution": int(model.steps_per_execution.numpy()),
         "allreduce_gradients": optimizer is not local_optimizer,
+        "built": describe_built(model, local_optimizer),
         "horovod": world.horovod,
         "first_epoch": first_epoch,
         "target_epoch": target_epoch,
