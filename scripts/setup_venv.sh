@@ -37,7 +37,9 @@ if ! "$VENV/bin/python" -c 'import sys; sys.exit(not (3, 10) <= sys.version_info
 fi
 rm -f "$STAMP"
 PIP=("$VENV/bin/python" -m pip)
-"${PIP[@]}" install -q -U pip wheel setuptools==69.5.1
+# The build tools pinned too (setuptools: petastorm needs one below 70; pip
+# and wheel: the versions this stack was installed and tested with).
+"${PIP[@]}" install -q pip==26.3 wheel==0.48.0 setuptools==69.5.1
 # TensorFlow first: Horovod compiles against whatever TensorFlow is installed.
 "${PIP[@]}" install -q -c constraints.txt tensorflow-cpu
 if [[ "$NNFUND_MPI" == 1 ]] && ! command -v mpirun >/dev/null; then
