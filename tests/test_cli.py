@@ -40,6 +40,25 @@ def test_missing_raw_data_fails_cleanly(tmp_path):
     assert list(tmp_path.iterdir()) == []  # no staging directory left behind
 
 
+def test_train_on_a_directory_that_is_not_a_dataset_exits_1_naming_it(tmp_path):
+    (tmp_path / "not_a_dataset").mkdir()
+    proc = run("train", "--master", "local[1]",
+               "--set", f"data.output_dir={tmp_path / 'not_a_dataset'}",
+               "--set", f"tracking.tracking_uri=sqlite:///{tmp_path}/mlflow.db")
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+    assert (f"no manifest.json in {tmp_path / 'not_a_dataset'}: is it a dataset written by "
+            f"'nnfund-spark prepare'") in proc.stderr
+    assert not (tmp_path / "mlflow.db").exists()  # refused before any MLflow run
+
+
+def test_a_bad_sweep_file_exits_2_naming_it(tmp_path):
+    sweep = tmp_path / "sweep.yaml"
+    sweep.write_text("axes: {train.optimizer: [adam, adamm]}\n")
+    proc = run("sweep", "-c", str(sweep))
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+    assert "train.optimizer: 'adamm' is not one of" in proc.stderr and "adam" in proc.stderr
+
+
 class _FakeSpark:
     """Stands in for the session on a pretend Databricks cluster (no JVM needed)."""
 

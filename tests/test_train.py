@@ -182,6 +182,37 @@ def test_core_slots_count_executor_cores_per_task_cpus():
     assert waited == [1]  # executors are waited for before Spark's own count is read
 
 
+def test_num_proc_zero_takes_every_slot_up_to_max_num_proc(monkeypatch):
+    from types import SimpleNamespace
+
+    from nnfund_spark.training import launcher
+
+    fake = SimpleNamespace(sparkContext=SimpleNamespace(master="spark://head:7077"))
+    offered = {"slots": (4, "core")}
+    monkeypatch.setattr(launcher, "available_slots", lambda spark, wait_seconds: offered["slots"])
+    train = load_config(None, ["train.num_proc=0"]).train
+    assert launcher.resolve_num_proc(fake, train) == 4
+    train.max_num_proc = 2
+    assert launcher.resolve_num_proc(fake, train) == 2
+    train.num_proc = 3  # an explicit count is not capped, only checked
+    assert launcher.resolve_num_proc(fake, train) == 3
+    train.num_proc = 5
+    with pytest.raises(ClusterTooSmallError, match=r"train.num_proc=5 needs 5 concurrent Spark "
+                                                   r"task slots but the cluster offers 4 \(master "
+                                                   r"spark://head:7077\); lower train.num_proc"):
+        launcher.resolve_num_proc(fake, train)
+    offered["slots"] = (1, "GPU")
+    train.num_proc = 2
+    with pytest.raises(ClusterTooSmallError, match=r"needs 2 GPU slots \(executors x "
+                                                   r".*offers 1 .*add GPU executors"):
+        launcher.resolve_num_proc(fake, train)
+    offered["slots"] = (0, "GPU")  # GPU scheduling on, no GPU executor yet
+    train.num_proc, train.max_num_proc = 0, 0
+    with pytest.raises(ClusterTooSmallError, match=r"train.num_proc=0 takes every one of the "
+                                                   r"GPU slots .* but the cluster offers none"):
+        launcher.resolve_num_proc(fake, train)
+
+
 def test_a_needed_split_that_is_empty_is_refused_before_any_rank_starts(spark, mnist_raw_dir,
                                                                          tmp_path):
     from mlflow.tracking import MlflowClient

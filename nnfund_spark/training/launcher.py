@@ -166,9 +166,11 @@ def resolve_num_proc(spark, train) -> int:
                 "spark.task.resource.gpu.amount)" if kind == "GPU" else "concurrent Spark task slots")
         fix = ("add GPU executors or lower train.num_proc" if kind == "GPU" else
                f"lower train.num_proc or give Spark more cores/executors (e.g. --master local[{wanted}])")
+        needs = (f"needs {wanted} {what} but the cluster offers {slots}" if wanted >= 1 else
+                 f"takes every one of the {what} but the cluster offers none")
         raise ClusterTooSmallError(
-            f"train.num_proc={train.num_proc} needs {wanted} {what} but the cluster offers "
-            f"{slots} (master {spark.sparkContext.master}); {fix}")
+            f"train.num_proc={train.num_proc} {needs} (master {spark.sparkContext.master}); "
+            f"{fix}")
     return wanted
 
 
