@@ -109,6 +109,21 @@ def test_above_max_bad_fraction_fails():
     check_bad_items([], 0, 0.0, "files")               # nothing bad: nothing to say
 
 
+def test_skipped_summary_counts_everything_and_lists_a_bounded_sorted_sample(monkeypatch):
+    from nnfund_spark.data import bad_input
+
+    monkeypatch.setattr(bad_input, "MAX_LISTED", 3)
+    bad = [BadItem(f"dir/f{i}", "corrupt or truncated" if i % 2 else "empty file", "why")
+           for i in (4, 0, 3, 1, 2)]
+    summary = bad_input.skipped_summary(bad, 100, 0.1)
+    assert summary["count"] == 5 and summary["of_total"] == 100
+    assert summary["by_reason"] == {"corrupt or truncated": 2, "empty file": 3}
+    assert [i["item"] for i in summary["items"]] == ["dir/f0", "dir/f1", "dir/f2"]
+    assert summary["items_truncated"] is True
+    monkeypatch.setattr(bad_input, "MAX_LISTED", 5)
+    assert bad_input.skipped_summary(bad, 100, 0.1)["items_truncated"] is False
+
+
 def test_class_without_usable_images_fails(spark, tmp_path):
     root = tmp_path / "images"
     for name in ("a", "b", "c"):
