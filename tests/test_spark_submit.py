@@ -107,13 +107,21 @@ def test_prepare_train_with_spark_submit_from_a_scratch_directory(wheel, tmp_pat
     assert "unknown config key 'train.epohcs'" in proc.stderr + proc.stdout, proc.stderr[-3000:]
 
 
+_HANDED_OUT: set = set()
+
+
 def free_port() -> int:
-    """A TCP port on 127.0.0.1 that was free a moment ago (for servers the tests start)."""
+    """A TCP port on 127.0.0.1 that was free a moment ago (for servers the tests start), never
+    one this test session handed out before (the kernel may offer a just-closed port again)."""
     import socket
 
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
+    while True:
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            port = probe.getsockname()[1]
+        if port not in _HANDED_OUT:
+            _HANDED_OUT.add(port)
+            return port
 
 
 @pytest.fixture
