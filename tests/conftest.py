@@ -20,6 +20,18 @@ def mnist_raw_dir() -> Path:
     return MNIST_RAW
 
 
+@pytest.fixture(autouse=True)
+def _no_mlflow_state_leaks_between_tests():
+    """The jobs set MLflow's process-wide tracking URI (as a job should); between tests it is
+    reset, and a run a failing test left active is ended, so no test sees another's store."""
+    yield
+    if "mlflow" in sys.modules:
+        import mlflow
+        while mlflow.active_run() is not None:
+            mlflow.end_run("KILLED")
+        mlflow.set_tracking_uri(None)
+
+
 @pytest.fixture(scope="session")
 def spark(tmp_path_factory):
     from pyspark.sql import SparkSession
