@@ -127,6 +127,8 @@ def test_mlflow_run_reads_back(trained, small_mnist):
     out, _ = small_mnist
     from tests.test_prepare import read_split
     _, images, labels = read_split(out / "test")
+    # (models:/m-<id> resolves in the run's tracking store, as a user of that store would)
+    mlflow.set_tracking_uri(summary["tracking_uri"])
     model = mlflow.pyfunc.load_model(summary["model_uri"])
     predicted = np.asarray(model.predict(images.astype(np.float32))).argmax(axis=1)
     assert (predicted == labels).mean() == pytest.approx(summary["test_accuracy"], abs=1e-9)
