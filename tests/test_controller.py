@@ -38,3 +38,38 @@ def test_a_horovod_without_mpi_is_named(monkeypatch):
     with pytest.raises(ValueError, match=r"needs Horovod built with MPI \(reinstall it with "
                                          r"HOROVOD_WITH_MPI=1"):
         launcher.resolve_controller("mpi")
+
+
+def test_mpirun_starts_with_a_silent_service_on_an_x11_port():
+    """Regression: mpirun hung forever (SIGTERM ignored) when any service listened on
+    127.0.0.1:6000-6009, because hwloc's GL plugin probes X displays :0-:9 there; a Horovod
+    task service, which binds a random port, once landed on 6001 in our test suite. The
+    launcher's environment for mpirun and the ranks leaves that plugin out."""
+    import glob
+    import os
+    import socket
+    import subprocess
+
+    if stack_controller() != "mpi":
+        pytest.skip("NNFUND_MPI=0: no mpirun on this stack")
+    listener = None
+    for port in range(6000, 6010):  # a free X11 port, answered by nothing (like a non-X service)
+        try:
+            listener = socket.create_server(("127.0.0.1", port))
+            break
+        except OSError:
+            continue
+    if listener is None:
+        pytest.skip("every port 6000-6009 is taken on this host")
+    with listener:
+        def mpirun(env):
+            try:
+                return subprocess.run(["mpirun", "--allow-run-as-root", "-np", "1", "true"],
+                                      env=env, timeout=10, capture_output=True).returncode
+            except subprocess.TimeoutExpired:  # the child got SIGKILL from subprocess.run
+                return "hung"
+
+        assert mpirun(launcher._worker_env(mpi=True)) == 0
+        plain = {k: v for k, v in os.environ.items() if k != "HWLOC_COMPONENTS"}
+        if glob.glob("/usr/lib/*/hwloc/hwloc_gl.so"):  # the plugin that probes X displays
+            assert mpirun(plain) == "hung"  # the test would catch the setting going missing

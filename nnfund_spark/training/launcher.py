@@ -471,13 +471,22 @@ def run_training(spark, config: JobConfig, extra_settings: dict | None = None,
 
 
 def _worker_env(mpi: bool = False) -> dict:
-    """Environment for the rank processes: the driver's, quieter TensorFlow logs, and with MPI
-    Open MPI's yield-when-idle (a rank waiting in MPI gives its core back instead of spinning
-    on it, which on a core shared with the rank's own compute thread costs that thread)."""
+    """Environment for mpirun and the rank processes: the driver's, quieter TensorFlow logs,
+    and with MPI:
+
+    - Open MPI's yield-when-idle (a rank waiting in MPI gives its core back instead of spinning
+      on it, which on a core shared with the rank's own compute thread costs that thread);
+    - hwloc without its GL component. Open MPI reads the machine's topology with hwloc, whose
+      GL plugin (Debian's libhwloc-plugins) probes X displays :0 to :9; with no X socket that
+      means TCP ports 6000-6009 on localhost, and when any other service listens there (for
+      one, a Horovod task service: they bind random ports from 1024 up) mpirun waits forever
+      for an X server's answer, ignoring SIGTERM. Seen in our test suite; the GPU topology the
+      plugin looks for is not used by Open MPI."""
     env = dict(os.environ)
     env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     if mpi:
         env.setdefault("OMPI_MCA_mpi_yield_when_idle", "1")
+        env.setdefault("HWLOC_COMPONENTS", "-gl")
     return env
 
 
