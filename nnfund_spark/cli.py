@@ -193,7 +193,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"nnfund-spark {args.command}: error: {message}", file=sys.stderr)
         return 1
     except Exception:  # e.g. an executor's PythonException: keep the whole traceback
-        log.exception("%s failed", args.command)
+        import traceback
+
+        from nnfund_spark.tracking.mlflow_utils import redact_uri
+        # ... without the inline credentials a quoted location may hold
+        log.error("%s failed:\n%s", args.command, redact_uri(traceback.format_exc()))
         return 1
     finally:
         # Databricks owns its job cluster's SparkContext; stopping it fails later tasks.

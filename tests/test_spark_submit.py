@@ -21,9 +21,15 @@ def wheel(tmp_path_factory):
 
     out = tmp_path_factory.mktemp("wheel")
     source = tmp_path_factory.mktemp("source") / "nnfund_spark"
-    shutil.copytree(REPO, source, ignore=shutil.ignore_patterns(
-        ".git", ".venv", "data", "build", "*.egg-info", "__pycache__", "benchmark-results*",
-        "mlruns", "mlartifacts", "mlflow.db", "spark-warehouse"))
+    skipped_at_root = {".git", ".venv", "data", "build", "mlruns", "mlartifacts", "mlflow.db",
+                       "spark-warehouse"}
+
+    def skipped(directory, names):  # checkout leftovers at the root only (nnfund_spark/data stays)
+        at_root = Path(directory) == REPO
+        return {name for name in names if name == "__pycache__" or name.endswith(".egg-info")
+                or (at_root and (name in skipped_at_root or name.startswith("benchmark-results")))}
+
+    shutil.copytree(REPO, source, ignore=skipped)
     subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation",
                     "-q", "-w", str(out), str(source)], check=True, capture_output=True)
     (built,) = out.glob("nnfund_spark-*.whl")
@@ -49,6 +55,10 @@ def test_wheel_alone_has_code_conf_and_entry_point(wheel, tmp_path):
     assert model == "mnist_cnn" and trials == 7
     entry_points = next(target.glob("nnfund_spark-*.dist-info")) / "entry_points.txt"
     assert "nnfund-spark = nnfund_spark.cli:run" in entry_points.read_text()
+    # Every module of the package is in the wheel (nnfund_spark/data included).
+    modules = {p.relative_to(REPO).as_posix() for p in (REPO / "nnfund_spark").rglob("*.py")}
+    assert {p.relative_to(target).as_posix()
+            for p in (target / "nnfund_spark").rglob("*.py")} == modules
 
 
 def spark_submit(workdir, wheel, job, *args, timeout=600):

@@ -102,13 +102,14 @@ def test_error_tags_and_cli_errors_carry_no_credentials(tmp_path, monkeypatch, c
     assert secret not in str(tags) and "AKIAEXAMPLE" not in str(tags)
     mlflow.set_tracking_uri(None)
 
-    # The CLI's error line: a dataset location with credentials that holds no dataset.
+    # The CLI's error line: a dataset location with credentials that this host cannot open
+    # (hdfs:// without Hadoop; no network involved), whose error quotes the location.
     monkeypatch.setattr("nnfund_spark.spark.build_session", lambda *a, **k: _NoSpark())
-    code = cli.main(["train", "--set", f"data.output_dir={location.rsplit('/', 1)[0]}",
+    code = cli.main(["train", "--set", f"data.output_dir=hdfs://hdfsuser:{secret}@nn:8020/mnist",
                      "--set", f"tracking.tracking_uri={uri}"])
     err = capsys.readouterr().err
-    assert code == 1 and "s3a://***@bucket/datasets/mnist" in err
-    assert secret not in err and "AKIAEXAMPLE" not in err
+    assert code == 1 and "dataset location 'hdfs://***@nn:8020/mnist'" in err, err
+    assert secret not in err and "hdfsuser" not in err
 
 
 class _NoSpark:

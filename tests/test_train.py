@@ -211,7 +211,8 @@ def test_num_proc_zero_takes_every_slot_up_to_max_num_proc(monkeypatch):
     offered["slots"] = (0, "GPU")  # GPU scheduling on, no GPU executor yet
     train.num_proc, train.max_num_proc = 0, 0
     with pytest.raises(ClusterTooSmallError, match=r"train.num_proc=0 takes every one of the "
-                                                   r"GPU slots .* but the cluster offers none"):
+                                                   r"GPU slots .* but the cluster offers none "
+                                                   r"\(master .*\); add GPU executors"):
         launcher.resolve_num_proc(fake, train)
 
 

@@ -5,7 +5,7 @@ import logging
 
 from nnfund_spark.experiments.sweep import (Sweep, best_trial, comparison_rows, rows_to_csv,
                                             rows_to_markdown)
-from nnfund_spark.tracking.mlflow_utils import resolve_tracking_uri, start_job_run
+from nnfund_spark.tracking.mlflow_utils import redact_uri, resolve_tracking_uri, start_job_run
 
 log = logging.getLogger(__name__)
 
@@ -32,7 +32,7 @@ def run_sweep(spark, sweep: Sweep) -> dict:
         try:
             preflight(trial.config)
         except (ValueError, FileNotFoundError) as exc:
-            refused.append(f"{trial.name}: {exc}")
+            refused.append(f"{trial.name}: {redact_uri(str(exc))}")
     if refused:
         raise ValueError(f"{len(refused)} of {len(sweep.trials)} trials cannot run; nothing "
                          f"was trained: " + "; ".join(refused))
@@ -50,8 +50,9 @@ def run_sweep(spark, sweep: Sweep) -> dict:
             try:
                 summary = run_training(spark, trial.config, run_name=trial.name)
             except Exception as exc:  # recorded in the table and re-raised below
-                log.error("trial %s failed: %s", trial.name, exc)
-                results.append({"trial": trial.name, "status": "FAILED", "error": str(exc)})
+                error = redact_uri(str(exc))  # it can quote a location with credentials
+                log.error("trial %s failed: %s", trial.name, error)
+                results.append({"trial": trial.name, "status": "FAILED", "error": error})
                 continue
             mlflow.MlflowClient(tracking_uri).set_tag(summary["run_id"], "sweep.trial", trial.name)
             results.append({"trial": trial.name, "status": "FINISHED", **summary})

@@ -158,7 +158,11 @@ def check_input_normalization(kind: str, mean: Optional[Sequence[float]] = None,
     if mean is None or std is None:
         raise ValueError("input normalization 'standardize' needs mean and std (per channel, "
                          "in [0, 1] units: the manifest's train_channel_mean/train_channel_std)")
-    mean, std = [float(value) for value in mean], [float(value) for value in std]
+    try:
+        mean, std = [float(value) for value in mean], [float(value) for value in std]
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"standardize: mean and std must be lists of numbers, one per "
+                         f"channel; got mean={mean!r}, std={std!r}") from exc
     if len(mean) != len(std) or (channels is not None and len(mean) != channels):
         raise ValueError(f"standardize: mean has {len(mean)} values and std {len(std)}; "
                          f"both need one per channel ({channels if channels else 'equal counts'})")

@@ -22,9 +22,10 @@ def latest(directory: str | Path) -> Optional[dict]:
     pointer = Path(directory) / "latest"
     if not pointer.is_file():
         return None
-    name = pointer.read_text().strip()
-    path = Path(directory) / name
+    name = "?"
     try:
+        name = pointer.read_text().strip()
+        path = Path(directory) / name
         meta = json.loads((path / "meta.json").read_text())
         if not isinstance(meta, dict) or not isinstance(meta.get("epoch"), int):
             raise ValueError("it holds no epoch count")

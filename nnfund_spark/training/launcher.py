@@ -168,6 +168,9 @@ def resolve_num_proc(spark, train) -> int:
                f"lower train.num_proc or give Spark more cores/executors (e.g. --master local[{wanted}])")
         needs = (f"needs {wanted} {what} but the cluster offers {slots}" if wanted >= 1 else
                  f"takes every one of the {what} but the cluster offers none")
+        if wanted < 1:
+            fix = ("add GPU executors (spark.executor.resource.gpu.amount) to the cluster"
+                   if kind == "GPU" else "give Spark executors with cores")
         raise ClusterTooSmallError(
             f"train.num_proc={train.num_proc} {needs} (master {spark.sparkContext.master}); "
             f"{fix}")
@@ -486,7 +489,9 @@ def _worker_env(mpi: bool = False) -> dict:
     env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     if mpi:
         env.setdefault("OMPI_MCA_mpi_yield_when_idle", "1")
-        env.setdefault("HWLOC_COMPONENTS", "-gl")
+        chosen = [c for c in env.get("HWLOC_COMPONENTS", "").split(",") if c]
+        if "-gl" not in chosen and "^gl" not in chosen:
+            env["HWLOC_COMPONENTS"] = ",".join(chosen + ["-gl"])  # a user's own list kept
     return env
 
 
