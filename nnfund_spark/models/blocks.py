@@ -83,6 +83,13 @@ def check_image_model(input_shape, num_classes, dropout, dense_dropout, common: 
     return shape, options
 
 
+def check_width_scaled_model(input_shape, num_classes, width, dropout, dense_dropout, common):
+    """The checks of a model whose own option is a width multiplier (alexnet, inception),
+    without TensorFlow: (shape, LayerOptions, width)."""
+    shape, options = check_image_model(input_shape, num_classes, dropout, dense_dropout, common)
+    return shape, options, check_width(width)
+
+
 def check_positive_integers(name: str, values, allow_empty: bool = False) -> tuple:
     """A list of widths (units, filters): positive integers, as a tuple."""
     if isinstance(values, (str, bytes)) or not isinstance(values, (list, tuple)) \

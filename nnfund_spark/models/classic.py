@@ -8,7 +8,8 @@ from __future__ import annotations
 from typing import Sequence
 
 from nnfund_spark.models.blocks import (check_image_model, check_positive_integers, check_rate,
-                                        check_width, dropout as dropout_layer, scaled, valid_size)
+                                        check_width_scaled_model, dropout as dropout_layer,
+                                        scaled, valid_size)
 
 
 def check_mlp(input_shape, num_classes, units, dropout, dense_dropout, input_dropout, common):
@@ -167,12 +168,6 @@ ALEXNET_CONV = ((64, 5), (192, 5), (384, 3), (256, 3), (256, 3))
 ALEXNET_DENSE = (1024, 1024)
 
 
-def check_alexnet(input_shape, num_classes, width, dropout, dense_dropout, common):
-    """alexnet's checks, without TensorFlow: (shape, LayerOptions, width)."""
-    shape, options = check_image_model(input_shape, num_classes, dropout, dense_dropout, common)
-    return shape, options, check_width(width)
-
-
 def alexnet(input_shape, num_classes, *, width: float = 1.0, dropout: float = 0.0,
             dense_dropout: float = 0.5, **common):
     """Small-image AlexNet: five convs, overlapping 3x3/2 max-pools after conv 1, 2 and 5
@@ -182,8 +177,8 @@ def alexnet(input_shape, num_classes, *, width: float = 1.0, dropout: float = 0.
     and 28 → 14 → 7 → 4. ``dropout`` acts after each pool. 7,706,442 parameters on 32x32x3 with
     10 classes (7,703,242 on 28x28x1), versus ≈ 61M for the ImageNet original.
     """
-    shape, options, width = check_alexnet(input_shape, num_classes, width, dropout,
-                                          dense_dropout, common)
+    shape, options, width = check_width_scaled_model(input_shape, num_classes, width, dropout,
+                                                     dense_dropout, common)
     import tensorflow as tf
 
     layers = tf.keras.layers

@@ -5,7 +5,8 @@ Common options: ``models.blocks`` docstring.
 from __future__ import annotations
 
 from nnfund_spark.models.blocks import (LayerOptions, check_image_model, check_width,
-                                        dropout as dropout_layer, scaled)
+                                        check_width_scaled_model, dropout as dropout_layer,
+                                        scaled)
 
 # Convs per block for each VGG depth (Simonyan & Zisserman 2015, table 1, configurations A, B,
 # D, E): depth counts weight layers, i.e. these convs plus the three dense layers.
@@ -87,12 +88,6 @@ def inception_module(options: LayerOptions, x, widths, name: str):
     return tf.keras.layers.Concatenate(name=f"{name}_concat")([branch1, branch3, branch5, pooled])
 
 
-def check_inception(input_shape, num_classes, width, dropout, dense_dropout, common):
-    """inception's checks, without TensorFlow: (shape, LayerOptions, width)."""
-    shape, options = check_image_model(input_shape, num_classes, dropout, dense_dropout, common)
-    return shape, options, check_width(width)
-
-
 def inception(input_shape, num_classes, *, width: float = 0.25, dropout: float = 0.0,
               dense_dropout: float = 0.4, **common):
     """A small GoogLeNet: GoogLeNet's nine inception modules (3a-5b, with its max-pools after
@@ -104,8 +99,8 @@ def inception(input_shape, num_classes, *, width: float = 0.25, dropout: float =
     370,790 parameters on 32x32x3 with 10 classes (width 1.0 is the paper's module widths:
     5,864,762 parameters here). ``dropout`` acts after each max-pool.
     """
-    shape, options, width = check_inception(input_shape, num_classes, width, dropout,
-                                            dense_dropout, common)
+    shape, options, width = check_width_scaled_model(input_shape, num_classes, width, dropout,
+                                                     dense_dropout, common)
     import tensorflow as tf
 
     layers = tf.keras.layers

@@ -18,11 +18,10 @@ from __future__ import annotations
 import inspect
 from typing import Callable
 
-from nnfund_spark.models.blocks import COMMON_OPTIONS, LayerOptions
-from nnfund_spark.models.classic import (alexnet, check_alexnet, check_convnet, check_lenet5,
-                                         check_mlp, check_mnist_cnn, convnet, lenet5, mlp,
-                                         mnist_cnn)
-from nnfund_spark.models.deep import check_inception, check_vgg, inception, vgg
+from nnfund_spark.models.blocks import COMMON_OPTIONS, LayerOptions, check_width_scaled_model
+from nnfund_spark.models.classic import (alexnet, check_convnet, check_lenet5, check_mlp,
+                                         check_mnist_cnn, convnet, lenet5, mlp, mnist_cnn)
+from nnfund_spark.models.deep import check_vgg, inception, vgg
 from nnfund_spark.models.resnet import check_resnet, resnet
 
 MODELS: dict[str, Callable] = {
@@ -43,9 +42,9 @@ CHECKS: dict[str, Callable] = {
     "lenet5": check_lenet5,
     "mnist_cnn": check_mnist_cnn,
     "convnet": check_convnet,
-    "alexnet": check_alexnet,
+    "alexnet": check_width_scaled_model,
     "vgg": check_vgg,
-    "inception": check_inception,
+    "inception": check_width_scaled_model,
     "resnet": check_resnet,
 }
 

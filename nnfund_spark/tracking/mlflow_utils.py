@@ -32,6 +32,12 @@ def redact_uri(text: str) -> str:
     return _URI_USERINFO.sub(lambda m: m.group("scheme") + "***@", text)
 
 
+def error_text(exc: BaseException, limit: int) -> str:
+    """``Type: message`` of an exception for an MLflow tag, at most ``limit`` characters,
+    without the inline credentials a quoted location may hold."""
+    return redact_uri(f"{type(exc).__name__}: {exc}")[:limit]
+
+
 def resolve_tracking_uri(tracking: TrackingConfig, workdir: Optional[Path] = None) -> str:
     if tracking.tracking_uri:
         return tracking.tracking_uri
@@ -90,8 +96,7 @@ def start_job_run(tracking: TrackingConfig, tracking_uri: str, run_name: Optiona
         try:
             yield run
         except BaseException as exc:
-            # Error text can quote a location with inline credentials.
-            mlflow.set_tag("error", redact_uri(f"{type(exc).__name__}: {exc}")[:5000])
+            mlflow.set_tag("error", error_text(exc, 5000))
             raise
 
 

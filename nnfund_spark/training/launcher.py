@@ -164,11 +164,13 @@ def resolve_num_proc(spark, train) -> int:
     if wanted < 1 or slots < wanted:
         what = ("GPU slots (executors x spark.executor.resource.gpu.amount / "
                 "spark.task.resource.gpu.amount)" if kind == "GPU" else "concurrent Spark task slots")
-        fix = ("add GPU executors or lower train.num_proc" if kind == "GPU" else
-               f"lower train.num_proc or give Spark more cores/executors (e.g. --master local[{wanted}])")
-        needs = (f"needs {wanted} {what} but the cluster offers {slots}" if wanted >= 1 else
-                 f"takes every one of the {what} but the cluster offers none")
-        if wanted < 1:
+        if wanted >= 1:
+            needs = f"needs {wanted} {what} but the cluster offers {slots}"
+            fix = ("add GPU executors or lower train.num_proc" if kind == "GPU" else
+                   f"lower train.num_proc or give Spark more cores/executors "
+                   f"(e.g. --master local[{wanted}])")
+        else:  # num_proc 0 (every slot) on a cluster that has none
+            needs = f"takes every one of the {what} but the cluster offers none"
             fix = ("add GPU executors (spark.executor.resource.gpu.amount) to the cluster"
                    if kind == "GPU" else "give Spark executors with cores")
         raise ClusterTooSmallError(

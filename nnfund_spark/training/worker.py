@@ -143,14 +143,12 @@ def train_worker(settings: dict) -> dict:
         if settings.get("mlflow_run_id"):
             from mlflow.tracking import MlflowClient
 
-            from nnfund_spark.tracking.mlflow_utils import redact_uri
+            from nnfund_spark.tracking.mlflow_utils import error_text
             from nnfund_spark.training.collectives import launcher_value
             rank = launcher_value("rank", -1)
             rank = rank if rank >= 0 else "unknown"
-            # Error text can quote a location with inline credentials.
             MlflowClient(settings["tracking_uri"]).set_tag(
-                settings["mlflow_run_id"], f"error.rank{rank}",
-                redact_uri(f"{type(exc).__name__}: {exc}")[:4000])
+                settings["mlflow_run_id"], f"error.rank{rank}", error_text(exc, 4000))
         raise
 
 
