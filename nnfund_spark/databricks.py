@@ -14,9 +14,11 @@ import dataclasses
 import json
 import logging
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping, Optional
+from urllib.parse import unquote, urlparse
 
 from nnfund_spark.config import TrackingConfig
 
@@ -33,10 +35,9 @@ ALL_TAGS_CONF = "spark.databricks.clusterUsageTags.clusterAllTags"
 CONF_KEYS = (ALL_TAGS_CONF, "spark.databricks.clusterUsageTags.clusterId",
              "spark.databricks.clusterUsageTags.sparkVersion")
 
-# Petastorm's converter cache must be visible to every node: DBFS through its FUSE mount is the
-# documented choice. Scratch data that only one node reads belongs on the fast local SSD.
-PETASTORM_CACHE_URL = "file:///dbfs/tmp/nnfund_spark/petastorm_cache"
-LOCAL_SCRATCH_DIR = "/local_disk0/tmp/nnfund_spark"
+# The FUSE mounts every node of a Databricks cluster sees alike. Any other plain path (the
+# working directory, /tmp, /local_disk0) is each node's own disk.
+SHARED_MOUNTS = ("/Volumes/", "/dbfs/")
 
 
 @dataclass(frozen=True)
@@ -44,11 +45,7 @@ class DatabricksDefaults:
     runtime_version: str
     user: Optional[str]
     tracking_uri: str
-    # Unity Catalog model registry: the bundle keeps data on UC volumes, so models go there too.
-    registry_uri: str
     experiment: str
-    petastorm_cache_url: str
-    scratch_dir: str
 
 
 def runtime_version(env: Mapping[str, str]) -> Optional[str]:
@@ -109,8 +106,7 @@ def databricks_defaults(env: Mapping[str, str], spark_conf: Mapping[str, str],
     user = detect_user(env, spark_conf)
     return DatabricksDefaults(
         runtime_version=version, user=user, tracking_uri="databricks",
-        registry_uri="databricks-uc", experiment=experiment_path(experiment, user),
-        petastorm_cache_url=PETASTORM_CACHE_URL, scratch_dir=LOCAL_SCRATCH_DIR)
+        experiment=experiment_path(experiment, user))
 
 
 def databricks_tracking(tracking: TrackingConfig, env: Mapping[str, str],
@@ -123,6 +119,48 @@ def databricks_tracking(tracking: TrackingConfig, env: Mapping[str, str],
     # An explicit tracking_uri or MLFLOW_TRACKING_URI wins, as it does off Databricks.
     uri = tracking.tracking_uri or env.get("MLFLOW_TRACKING_URI") or defaults.tracking_uri
     return dataclasses.replace(tracking, tracking_uri=uri, experiment=defaults.experiment)
+
+
+def _node_local_path(location: str) -> Optional[str]:
+    """The filesystem path a location names when it is one (a plain path, file://, or an
+    SQLite tracking URI), else None (dbfs:/, s3://, http://, databricks ...)."""
+    if location.startswith("sqlite:///"):
+        return location[len("sqlite:///"):]
+    if location.startswith("file:"):
+        return unquote(urlparse(location).path)
+    return None if re.match(r"^[A-Za-z][A-Za-z0-9+.-]*:", location) else location
+
+
+def unshared_locations(locations: Mapping[str, Optional[str]], env: Mapping[str, str],
+                       master: str) -> list[str]:
+    """``name=value`` for each location that the driver and the executors of this Databricks
+    cluster would not see alike: a path off the shared mounts (SHARED_MOUNTS). Off Databricks,
+    and on a single-node cluster (a local master), every path is shared and nothing is listed.
+
+    The jobs read and write these from both sides: executors write a dataset the driver commits,
+    rank 0 writes checkpoints and MLflow records from an executor that the driver reads."""
+    if not is_databricks(env) or master.startswith("local"):
+        return []
+    found = []
+    for name, value in locations.items():
+        text = str(value).strip() if value else ""
+        path = _node_local_path(text) if text else None
+        if path is not None and not path.startswith(SHARED_MOUNTS):
+            found.append(f"{name}={text}")
+    return found
+
+
+def check_shared_locations(locations: Mapping[str, Optional[str]], env: Mapping[str, str],
+                           master: str) -> None:
+    """A ValueError naming every location of ``unshared_locations`` and what is accepted."""
+    found = unshared_locations(locations, env, master)
+    if found:
+        raise ValueError(
+            f"on this Databricks cluster ({master}) {', '.join(found)} would be on each node's "
+            f"own disk, so the driver and the executors would not see the same files. Use a "
+            f"Unity Catalog volume (/Volumes/<catalog>/<schema>/<volume>/...), /dbfs/..., or a "
+            f"URI of shared storage (dbfs:/, s3://, abfss://, gs://); tracking URIs: "
+            f"databricks or an http(s):// server. Any path works on a single-node cluster.")
 
 
 def spark_uri(path: str, env: Mapping[str, str]) -> str:

@@ -68,6 +68,9 @@ class _FakeSpark:
             return {"spark.databricks.clusterUsageTags.clusterOwnerUserName":
                     "ada@example.com"}.get(key, default)
 
+    class sparkContext:  # noqa: N801 - mirrors spark.sparkContext
+        master = "spark://10.0.0.1:7077"  # a cluster with executors on other nodes
+
     def stop(self):
         raise AssertionError("a Databricks session is never stopped by the job")
 
@@ -95,6 +98,49 @@ def test_databricks_tracking_reaches_predict_and_bad_experiments_exit_2(monkeypa
     assert cli.main(["train", "--set", "tracking.experiment=team/mnist"]) == 2
     assert "config error: tracking.experiment: experiment name 'team/mnist'" in \
         capsys.readouterr().err
+
+
+def test_databricks_refuses_node_local_paths_before_any_work(monkeypatch, capsys):
+    """On a Databricks cluster with executors, a path off /Volumes and /dbfs is each node's own
+    disk: every job names each such location and exits 2 before it starts anything."""
+    import nnfund_spark.inference as inference
+    import nnfund_spark.spark as spark_module
+    from nnfund_spark import cli
+    from nnfund_spark.training import launcher
+
+    monkeypatch.setenv("DATABRICKS_RUNTIME_VERSION", "14.3")
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.setattr(spark_module, "build_session", lambda conf, master: _FakeSpark())
+
+    def started(*args):
+        raise AssertionError("the job started")
+
+    monkeypatch.setattr(launcher, "run_training", started)
+    monkeypatch.setattr(inference, "run_predict", started)
+    volume = "/Volumes/main/ml/vol"
+    assert cli.main(["train", "--set", "data.output_dir=data/petastorm/mnist",
+                     "--set", f"train.checkpoint_dir={volume}/ckpt"]) == 2
+    err = capsys.readouterr().err
+    assert "data.output_dir=data/petastorm/mnist would be on each node's own disk" in err
+    assert "checkpoint_dir=" not in err and "tracking_uri=" not in err  # volume, workspace
+    assert cli.main(["train", "--set", f"data.output_dir={volume}/ds", "--set",
+                     "train.checkpoint_dir=/local_disk0/ckpt", "--set",
+                     "tracking.tracking_uri=sqlite:///mlflow.db"]) == 2
+    err = capsys.readouterr().err
+    assert "train.checkpoint_dir=/local_disk0/ckpt, tracking.tracking_uri=sqlite:///mlflow.db" \
+        in err and "data.output_dir=" not in err
+    assert cli.main(["predict", "--model-uri", "models:/m/1", "--dataset-dir", "dbfs:/ds",
+                     "--output-dir", "preds"]) == 2
+    err = capsys.readouterr().err
+    assert "--output-dir=preds would be" in err and "--dataset-dir" not in err
+    assert cli.main(["prepare", "--set", "data.output_dir=/tmp/ds"]) == 2
+    assert "data.output_dir=/tmp/ds would be" in capsys.readouterr().err
+    # a single-node cluster: driver and executors are one machine
+    monkeypatch.setattr(_FakeSpark.sparkContext, "master", "local[*, 4]")
+    monkeypatch.setattr(launcher, "run_training", lambda spark, config: (_ for _ in ()).throw(
+        RuntimeError("reached training")))
+    assert cli.main(["train", "--set", "data.output_dir=data/petastorm/mnist"]) == 1
+    assert "reached training" in capsys.readouterr().err
 
 
 def test_model_from_summary_reads_the_training_summary(tmp_path):

@@ -10,9 +10,9 @@ import pytest
 import yaml
 
 from nnfund_spark.config import ConfigError, load_config
-from nnfund_spark.databricks import (PETASTORM_CACHE_URL, databricks_defaults,
-                                     databricks_tracking, detect_user, experiment_path,
-                                     is_databricks, spark_uri)
+from nnfund_spark.databricks import (databricks_defaults, databricks_tracking, detect_user,
+                                     experiment_path, is_databricks, spark_uri,
+                                     unshared_locations)
 
 REPO = Path(__file__).resolve().parents[1]
 BUNDLE = REPO / "conf" / "databricks"
@@ -179,11 +179,8 @@ def test_databricks_detection_and_defaults():
     assert databricks_defaults({}, CONF) is None
     defaults = databricks_defaults(ON_DATABRICKS, CONF)
     assert defaults.runtime_version == "14.3" and defaults.user == "ada@example.com"
-    assert defaults.tracking_uri == "databricks" and defaults.registry_uri == "databricks-uc"
+    assert defaults.tracking_uri == "databricks"
     assert defaults.experiment == "/Users/ada@example.com/nnfund_spark"
-    assert defaults.petastorm_cache_url == PETASTORM_CACHE_URL
-    assert defaults.petastorm_cache_url.startswith("file:///dbfs/")
-    assert defaults.scratch_dir.startswith("/local_disk0/")
     # Unknown user: a folder that always exists.
     assert databricks_defaults(ON_DATABRICKS, {}).experiment == "/Shared/nnfund_spark"
     # An explicit user beats the cluster tag.
@@ -218,6 +215,22 @@ def test_spark_uris():
     assert spark_uri("out/preds", {}) == "file://" + str(Path.cwd() / "out" / "preds")
     # not percent-encoded: Hadoop's Path would take "%20" literally
     assert spark_uri("/data/my preds", {}) == "file:///data/my preds"
+
+
+def test_locations_the_nodes_of_a_databricks_cluster_share():
+    locations = {"a": "/Volumes/c/s/v/ds", "b": "/dbfs/tmp/ckpt", "c": "dbfs:/tmp/x",
+                 "d": "s3://bucket/x", "e": "file:///dbfs/x", "f": "sqlite:////dbfs/m.db",
+                 "h": "http://mlflow:5000", "i": None, "j": "",
+                 "k": "data/ds", "l": "/local_disk0/tmp", "m": "file:///tmp/x",
+                 "n": "sqlite:///mlflow.db", "o": "/Volumes", "p": "~/ds",
+                 "q": "file:///Volumes%20x/y"}
+    cluster = "spark://10.0.0.1:7077"
+    assert unshared_locations(locations, ON_DATABRICKS, cluster) == [
+        "k=data/ds", "l=/local_disk0/tmp", "m=file:///tmp/x", "n=sqlite:///mlflow.db",
+        "o=/Volumes", "p=~/ds", "q=file:///Volumes%20x/y"]
+    # off Databricks (NFS may be shared: not ours to judge) and on a single-node cluster
+    assert unshared_locations(locations, {}, cluster) == []
+    assert unshared_locations(locations, ON_DATABRICKS, "local[*, 4]") == []
 
 
 def test_predict_refuses_an_output_over_its_dataset_on_databricks_volumes(tmp_path):
