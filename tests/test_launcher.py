@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from nnfund_spark.config import load_config
-from nnfund_spark.training.launcher import run_training
+from nnfund_spark.training.launcher import WorkerError, run_training
 from tests.conftest import stack_controller
 
 REPO = Path(__file__).resolve().parents[1]
@@ -102,6 +102,18 @@ def test_killed_worker_fails_fast_then_resume_continues_the_same_run(spark, smal
         with pytest.raises(ValueError, match=f"{message}; resume with train.{setting}={kept}"):
             run_training(spark, config)
         setattr(config.train, setting, kept)
+    # ... and a training split that now gives another number of steps per epoch is refused by
+    # the ranks, which count the steps (the checkpoint says 30 for this one attempt).
+    meta_path = checkpoints / (checkpoints / "latest").read_text().strip() / "meta.json"
+    saved = meta_path.read_text()
+    meta_path.write_text(json.dumps({**latest, "shape": {**latest["shape"],
+                                                         "steps_per_epoch": 30}}))
+    with pytest.raises(WorkerError, match="rank 0: ValueError: resume: the checkpoint's run had "
+                                          "30 steps per epoch, this job has 29 "):
+        run_training(spark, config)
+    meta_path.write_text(saved)
+    refused = client.get_run(failed.info.run_id)
+    assert refused.info.status == "FAILED" and "30 steps per epoch" in refused.data.tags["error"]
     # ... with resume (given as a file:// URI this time, which the ranks also accept) the
     # same run picks up at epoch 2 with the saved optimizer state.
     config.train.checkpoint_dir = checkpoints.as_uri()
@@ -110,9 +122,9 @@ def test_killed_worker_fails_fast_then_resume_continues_the_same_run(spark, smal
     run = client.get_run(failed.info.run_id)
     assert run.info.status == "FINISHED"
     assert run.data.tags["resumed_from_epoch"] == "1"
-    # the interrupted attempt's error is kept aside, not left as this finished run's error
+    # the last attempt's error is kept aside, not left as this finished run's error
     assert "error" in failed.data.tags and "error" not in run.data.tags
-    assert run.data.tags["resumed_after_error"] == failed.data.tags["error"]
+    assert run.data.tags["resumed_after_error"] == refused.data.tags["error"]
     assert not [key for key in run.data.tags if key.startswith("error.rank")]
     assert [r["first_epoch"] for r in summary["ranks"]] == [1, 1]
     steps = sorted(m.step for m in client.get_metric_history(run.info.run_id, "val_accuracy"))
