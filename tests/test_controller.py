@@ -86,3 +86,52 @@ def test_a_users_own_hwloc_components_are_kept(monkeypatch):
     monkeypatch.delenv("HWLOC_COMPONENTS")
     assert launcher._worker_env(mpi=True)["HWLOC_COMPONENTS"] == "-gl"
     assert "HWLOC_COMPONENTS" not in launcher._worker_env(mpi=False)
+
+
+EXECUTOR_PROBE = r"""
+import json, sys
+from pyspark.sql import SparkSession
+from nnfund_spark.training import launcher
+
+found = {}
+for name, path in (("without", sys.argv[1]), ("with", sys.argv[2])):
+    spark = (SparkSession.builder.master("local-cluster[1,1,1024]")
+             .config("spark.executorEnv.PATH", path).config("spark.ui.enabled", "false")
+             .getOrCreate())
+    found[name] = {"hosts": launcher.executors_without_orted(spark, 2),
+                   "auto": launcher.resolve_controller("auto", spark, 2)}
+    try:
+        found[name]["mpi"] = launcher.resolve_controller("mpi", spark, 2)
+    except ValueError as exc:
+        found[name]["mpi"] = str(exc)
+    spark.stop()
+print(json.dumps(found))
+"""
+
+
+def test_executors_without_open_mpi_mean_gloo_for_auto_and_a_refusal_for_mpi():
+    """The driver has MPI, an executor (a separate process on local-cluster, with a PATH
+    that holds no Open MPI) does not: auto picks Gloo, an explicit mpi is refused before any
+    rank starts, naming the host; with Open MPI on the executor's PATH both give MPI."""
+    import json
+    import os
+    import socket
+    import subprocess
+    import sys
+
+    if stack_controller() != "mpi":
+        pytest.skip("NNFUND_MPI=0: no MPI on this stack")
+    bare = os.path.dirname(sys.executable)  # the venv's bin: python, no orted
+    assert shutil.which("orted", path=bare) is None
+    env = dict(os.environ, PYSPARK_PYTHON=sys.executable)
+    proc = subprocess.run([sys.executable, "-c", EXECUTOR_PROBE, bare, os.environ["PATH"]],
+                          capture_output=True, text=True, timeout=300, env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    found = json.loads(proc.stdout.strip().splitlines()[-1])
+    host = socket.gethostname()
+    assert found["without"]["hosts"] == [host] and found["without"]["auto"] == "gloo"
+    assert found["without"]["mpi"] == (
+        f"train.controller=mpi needs Open MPI on every executor: no orted on the executors' "
+        f"PATH on {host} (mpirun starts the ranks through it; install openmpi-bin there); or "
+        f"use train.controller=gloo (or auto)")
+    assert found["with"] == {"hosts": [], "auto": "mpi", "mpi": "mpi"}

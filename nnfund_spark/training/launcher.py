@@ -388,7 +388,7 @@ def run_training(spark, config: JobConfig, extra_settings: dict | None = None,
     resume = resume_point(config.train)
     if resume:
         _refuse_other_shape(config.train, resume, num_proc)
-    controller = resolve_controller(config.train.controller)
+    controller = resolve_controller(config.train.controller, spark, num_proc)
     tracking_uri = resolve_tracking_uri(config.tracking)
 
     with start_job_run(config.tracking, tracking_uri, run_name,
@@ -497,22 +497,51 @@ def _worker_env(mpi: bool = False) -> dict:
     return env
 
 
-def resolve_controller(choice: str) -> str:
+def resolve_controller(choice: str, spark=None, num_proc: int = 1) -> str:
     """The controller the ranks will use: "gloo" or "mpi".
 
     "auto" is mpi when this driver's Horovod was built with MPI and mpirun is on the PATH,
-    else gloo. An explicit "mpi" this host cannot run is refused before any rank starts,
-    naming what is missing."""
+    and (given the session, on a cluster) the executors that answer a probe of ``num_proc``
+    tasks have Open MPI's ``orted``, else gloo. An explicit "mpi" that cannot run is refused
+    before any rank starts, naming what is missing and where."""
     if choice == "gloo":
         return "gloo"
     wait_for_horovod_build_check()  # it may be running mpi_built right now
     missing = mpi_missing()
+    if not missing and spark is not None:
+        hosts = executors_without_orted(spark, num_proc)
+        if hosts:
+            missing = [f"Open MPI on every executor: no orted on the executors' PATH on "
+                       f"{', '.join(hosts)} (mpirun starts the ranks through it; install "
+                       f"openmpi-bin there)"]
+            if choice == "auto":  # the driver has MPI: a cluster set up half-way, say so
+                log.warning("train.controller=auto: using Gloo; MPI needs %s", missing[0])
     if choice == "auto":
         return "gloo" if missing else "mpi"
     if missing:
         raise ValueError("train.controller=mpi needs " + " and ".join(missing)
                          + "; or use train.controller=gloo (or auto)")
     return "mpi"
+
+
+def _orted_here(_partition):
+    import shutil
+    import socket
+
+    yield socket.gethostname(), shutil.which("orted") is not None
+
+
+def executors_without_orted(spark, tasks: int) -> list:
+    """Hosts whose executors have no ``orted`` on their PATH, from one quick Spark job of
+    ``tasks`` tasks (a sample: the barrier job's tasks may land elsewhere, but executors from
+    one image answer alike). In plain local mode the executor is the driver: nothing to ask."""
+    master = spark.sparkContext.master
+    if master == "local" or master.startswith("local["):
+        return []
+    tasks = max(1, int(tasks))
+    answers = spark.sparkContext.parallelize(range(tasks), tasks) \
+        .mapPartitions(_orted_here).collect()
+    return sorted({host for host, found in answers if not found})
 
 
 def mpi_missing() -> list:
