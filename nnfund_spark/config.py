@@ -272,6 +272,14 @@ class TrainConfig:
     # preference). On one host MPI reduces through shared memory: 2 one-core MNIST ranks ran
     # 24-52 % faster than with Gloo here. GPU clusters reduce with NCCL either way.
     controller: str = "auto"
+    # Where a rank's training examples live during the run: "memory" reads its shard once,
+    # decoded, and keeps it (fastest; the shard must fit in the executor's memory); "stream"
+    # reads and decodes it again every epoch, stream_window row groups at a time, for shards
+    # that do not fit (validation and test shards are still held in memory).
+    input: str = "memory"
+    # With input "stream": row groups decoded and shuffled together (the memory held, and
+    # how far the shuffle reaches: 4 of MNIST's 16 training row groups is a quarter of it).
+    stream_window: int = 4
 
 
 @dataclass
@@ -320,6 +328,7 @@ CHOICES = {
     "train.early_stopping_metric": ("val_loss", "val_accuracy"),
     "train.target_split": ("validation", "test"),
     "train.controller": ("auto", "gloo", "mpi"),
+    "train.input": ("memory", "stream"),
 }
 OPTIONAL_CHOICES = {"train.normalization": NORMALIZATIONS, "train.initializer": INITIALIZERS}
 
@@ -478,6 +487,7 @@ def validate(config: JobConfig) -> JobConfig:
                 "train.batch_size": config.train.batch_size,
                 "train.backward_passes_per_step": config.train.backward_passes_per_step,
                 "train.steps_per_execution": config.train.steps_per_execution,
+                "train.stream_window": config.train.stream_window,
                 "train.learning_rate": config.train.learning_rate,
                 "data.row_group_size_mb": config.data.row_group_size_mb,
                 "data.min_row_groups": config.data.min_row_groups}

@@ -38,6 +38,8 @@ def test_repo_conf_files_load():
     ("train.bn_momentum=1.0", "train.bn_momentum: must be in [0, 1)"),
     ("train.norm_groups=0", "train.norm_groups: must be >= 1"),
     ("train.controller=nccl", "train.controller: 'nccl' is not one of auto, gloo, mpi"),
+    ("train.input=disk", "train.input: 'disk' is not one of memory, stream"),
+    ("train.stream_window=0", "train.stream_window: must be > 0"),
     ("data.validation_fraction=1.5", "data.validation_fraction: must be in [0, 1)"),
     ("train.dropout=1", "train.dropout: must be in [0, 1)"),
     ("data.seed=-1", "data.seed: must be >= 0, got -1"),

@@ -70,6 +70,30 @@ def test_uneven_shards_run_equal_steps_and_use_every_example(spark, small_mnist,
     assert not set(ranks[0]["train_indices"]) & set(ranks[1]["train_indices"])
 
 
+def test_streamed_input_uses_every_example_once_per_epoch_with_uneven_shards(spark, small_mnist,
+                                                                             tmp_path):
+    """train.input=stream (each rank re-reads its row groups every epoch, 2 decoded at a time)
+    with rank 1 cut to 500 examples: equal steps, each rank's shard handed to the model once
+    per epoch in a new order, disjoint shards, and the model learns."""
+    out, _ = small_mnist
+    config = job_config(out, tmp_path, "train.epochs=2", "train.input=stream",
+                        "train.stream_window=2")
+    summary = run_training(spark, config, extra_settings={
+        "shard_limits": {"1": 500}, "return_shard_indices": True})
+    ranks = sorted(summary["ranks"], key=lambda r: r["rank"])
+    assert [r["input"] for r in ranks] == ["stream", "stream"]
+    assert ranks[1]["train_shard_size"] == 500 < ranks[0]["train_shard_size"]
+    assert ranks[0]["steps_per_epoch"] == ranks[1]["steps_per_epoch"]
+    for rank in ranks:
+        assert len(rank["train_indices"]) == rank["train_shard_size"]
+        for seen in rank["seen_per_epoch"]:
+            assert sorted(seen) == sorted(rank["train_indices"])
+        assert rank["seen_per_epoch"][0] != rank["seen_per_epoch"][1]
+    assert not set(ranks[0]["train_indices"]) & set(ranks[1]["train_indices"])
+    assert ranks[0]["weights_sha256"] == ranks[1]["weights_sha256"]
+    assert summary["test_accuracy"] > 0.8
+
+
 def test_killed_worker_fails_fast_then_resume_continues_the_same_run(spark, small_mnist,
                                                                        tmp_path):
     out, _ = small_mnist

@@ -140,3 +140,70 @@ def test_ranks_read_a_dataset_whose_path_has_a_space(small_mnist, tmp_path):
     counts = {split: sum(len(read_shard(url, rank, 2)[0]) for rank in (0, 1))
               for split, url in urls.items()}
     assert counts == {split: manifest["splits"][split]["count"] for split in urls}
+
+
+def test_streamed_shards_give_the_in_memory_batches_sizes_and_every_example_once(small_mnist,
+                                                                                  monkeypatch):
+    """train.input=stream: each rank reads its row groups afresh every epoch, at most
+    `window` of them decoded at a time, and still hands over `steps` batches of the in-memory
+    path's sizes that cover its shard exactly once, in a new order every epoch."""
+    from nnfund_spark.training import pipeline
+    from nnfund_spark.training.pipeline import StreamedShard, read_shard
+
+    out, manifest = small_mnist
+    url = (out / "train").as_uri()
+    reads = []
+    real_read = pipeline._read_groups
+    monkeypatch.setattr(pipeline, "_read_groups", lambda split, field, chosen: (
+        reads.append(len(chosen)) or real_read(split, field, chosen)))
+    shards = [StreamedShard(url, rank, 2, window=3) for rank in (0, 1)]
+    # the row counts come from the Parquet footers, the indices are the in-memory shard's
+    for rank, shard in enumerate(shards):
+        index, _, _ = read_shard(url, rank, 2)
+        assert shard.count == len(index) and sorted(shard.indices()) == sorted(index.tolist())
+    steps = steps_per_epoch([s.count for s in shards], 32)
+    orders = []
+    for epoch in (0, 1):
+        handed_over = []
+        for rank, shard in enumerate(shards):
+            reads.clear()
+            record = []
+            batches = list(shard.batches(steps, seed=7, epoch=epoch, rank=rank, record=record))
+            assert [len(labels) for _, labels in batches] == [
+                len(part) for part in np.array_split(np.arange(shard.count), steps)]
+            assert all(images.dtype == np.uint8 and images.shape[1:] == (28, 28, 1)
+                       for images, _ in batches)
+            assert reads == [3] * (len(shard.plan) // 3) + [len(shard.plan) % 3] * bool(
+                len(shard.plan) % 3)  # never more than `window` row groups at once
+            indices = [int(i) for batch in record for i in batch]
+            assert sorted(indices) == sorted(shard.indices())  # its own shard, once each
+            handed_over += indices
+            if rank == 0:
+                orders.append(indices)
+        assert len(handed_over) == len(set(handed_over)) == manifest["splits"]["train"]["count"]
+    assert orders[0] != orders[1]  # reshuffled every epoch ...
+    record = []
+    list(shards[0].batches(steps, seed=7, epoch=1, rank=0, record=record))
+    assert [int(i) for batch in record for i in batch] == orders[1]  # ... reproducibly
+    # the labels travel with their images: the streamed batches match the stored rows
+    _, images, labels = read_shard(url, 0, 2)
+    by_index = {int(i): row for row, i in enumerate(read_shard(url, 0, 2)[0])}
+    record = []
+    for batch_images, batch_labels in shards[0].batches(steps, seed=7, epoch=0, rank=0,
+                                                         record=record):
+        rows = [by_index[int(i)] for i in record[-1]]
+        np.testing.assert_array_equal(batch_images, images[rows])
+        np.testing.assert_array_equal(batch_labels, labels[rows])
+
+
+def test_a_streamed_shard_cut_to_a_limit_keeps_its_first_rows(small_mnist):
+    from nnfund_spark.training.pipeline import StreamedShard, read_shard
+
+    out, _ = small_mnist
+    url = (out / "train").as_uri()
+    shard = StreamedShard(url, 1, 2, window=2, limit=150)
+    assert shard.count == 150 and shard.indices() == read_shard(url, 1, 2)[0][:150].tolist()
+    record = []
+    batches = list(shard.batches(10, seed=1, epoch=0, rank=1, record=record))
+    assert [len(labels) for _, labels in batches] == [15] * 10
+    assert sorted(int(i) for batch in record for i in batch) == sorted(shard.indices())

@@ -332,6 +332,7 @@ def worker_settings(config: JobConfig, manifest: dict, dataset_dir: Location) ->
         "cores_per_rank": train.cores_per_rank,
         "backward_passes_per_step": train.backward_passes_per_step,
         "steps_per_execution": train.steps_per_execution,
+        "input": train.input, "stream_window": train.stream_window,
         "target_accuracy": train.target_accuracy, "target_split": train.target_split,
     }
 

@@ -175,8 +175,8 @@ def _train(settings: dict) -> dict:
     from nnfund_spark.training.metrics import relu_layers
     from nnfund_spark.training.optimizers import make_loss, make_optimizer
     from nnfund_spark.training.schedules import scaled_base_lr, schedule_function
-    from nnfund_spark.training.pipeline import (ExampleRecorder, epoch_dataset, read_shard,
-                                                steps_per_epoch)
+    from nnfund_spark.training.pipeline import (ExampleRecorder, StreamedShard, epoch_dataset,
+                                                read_shard, stream_dataset, steps_per_epoch)
 
     cores = (apply_cpu_binding(settings.get("cores_per_rank", 0))
              if settings.get("cpu_binding") else None)
@@ -193,18 +193,23 @@ def _train(settings: dict) -> dict:
     tf.keras.utils.set_random_seed(settings["seed"] + rank)
 
     started = time.time()
+    stream = settings.get("input") == "stream"
+    # Test hook: shrink this rank's shard to simulate row groups of very different sizes.
+    keep = settings.get("shard_limits", {}).get(str(rank))
     empty = (np.zeros((0,), np.int64), None, np.zeros((0,), np.int32))
     shards = {split: read_shard(settings["split_urls"][split], rank, size)
-              if split in settings["split_urls"] else empty
+              if split in settings["split_urls"] and not (stream and split == "train")
+              else empty
               for split in ("train", "validation", "test")}
+    streamed = StreamedShard(settings["split_urls"]["train"], rank, size,
+                             settings["stream_window"], keep) if stream else None
     read_seconds = time.time() - started
     train_index, train_images, train_labels = shards["train"]
-    if settings.get("shard_limits", {}).get(str(rank)):
-        # Test hook: shrink this rank's shard to simulate row groups of very different sizes.
-        keep = settings["shard_limits"][str(rank)]
+    if keep and not stream:  # a streamed shard applied it above
         train_index, train_images, train_labels = (train_index[:keep], train_images[:keep],
                                                    train_labels[:keep])
-    shard_sizes = world.allgather_object(len(train_index))
+    train_count = streamed.count if stream else len(train_index)
+    shard_sizes = world.allgather_object(train_count)
     steps = steps_per_epoch(shard_sizes, settings["batch_size"])
 
     manifest = settings["manifest"]
@@ -298,12 +303,19 @@ def _train(settings: dict) -> dict:
 
     seen = []
     # Tests: the examples the training stream really yielded, per epoch.
-    recorder = ExampleRecorder(train_images) if settings.get("return_shard_indices") else None
+    recording = bool(settings.get("return_shard_indices"))
+    recorder = ExampleRecorder(train_images) if recording and not stream else None
     target_epoch = time_to_target = None
     epoch = first_epoch - 1
     stopper = EarlyStopper(settings["early_stopping_metric"], settings["early_stopping_patience"])
     for epoch in range(first_epoch, settings["epochs"]):
-        dataset = epoch_dataset(train_images, train_labels, steps, settings["seed"], epoch, rank)
+        handed = [] if recording and stream else None  # the streamed batches' indices
+        if stream:
+            dataset = stream_dataset(streamed, manifest["image_shape"], steps, settings["seed"],
+                                     epoch, rank, handed)
+        else:
+            dataset = epoch_dataset(train_images, train_labels, steps, settings["seed"], epoch,
+                                    rank)
         if recorder is not None:
             dataset = recorder.wrap(dataset)
         if augmenter is not None:
@@ -315,6 +327,8 @@ def _train(settings: dict) -> dict:
         if recorder is not None:
             seen.append([int(train_index[p]) if p >= 0 else -1
                          for p in recorder.take_positions()])
+        elif handed is not None:
+            seen.append([int(i) for batch in handed for i in batch])
         for key, values in fitted.history.items():
             history.setdefault(key, []).extend(float(v) for v in values)
         if rank == 0 and settings.get("checkpoint_dir"):
@@ -344,7 +358,8 @@ def _train(settings: dict) -> dict:
         "rank": rank,
         "size": size,
         "weights_sha256": weights_digest(model),
-        "train_shard_size": int(len(train_index)),
+        "train_shard_size": int(train_count),
+        "input": "stream" if stream else "memory",
         "steps_per_epoch": int(steps),
         "backward_passes_per_step": settings.get("backward_passes_per_step", 1),
         "steps_per_execution": int(model.steps_per_execution.numpy()),
@@ -359,7 +374,7 @@ def _train(settings: dict) -> dict:
         **devices,
     }
     if settings.get("return_shard_indices"):
-        result["train_indices"] = train_index.tolist()
+        result["train_indices"] = streamed.indices() if stream else train_index.tolist()
         result["seen_per_epoch"] = seen
     if rank == 0:
         result.update({
