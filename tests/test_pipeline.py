@@ -154,8 +154,8 @@ def test_streamed_shards_give_the_in_memory_batches_sizes_and_every_example_once
     url = (out / "train").as_uri()
     reads = []
     real_read = pipeline._read_groups
-    monkeypatch.setattr(pipeline, "_read_groups", lambda split, field, chosen: (
-        reads.append(len(chosen)) or real_read(split, field, chosen)))
+    monkeypatch.setattr(pipeline, "_read_groups", lambda split, field, chosen, head=None: (
+        reads.append(len(chosen)) or real_read(split, field, chosen, head)))
     shards = [StreamedShard(url, rank, 2, window=3) for rank in (0, 1)]
     # the row counts come from the Parquet footers, the indices are the in-memory shard's
     for rank, shard in enumerate(shards):
