@@ -9,6 +9,7 @@ import json
 import logging
 import os
 import sys
+from pathlib import Path
 
 from nnfund_spark.config import ConfigError, load_config
 
@@ -48,8 +49,9 @@ def _parser() -> argparse.ArgumentParser:
                                              "prepare figures against plain Keras/pyarrow")
     bench.add_argument("--quick", action="store_true",
                        help="a smoke run on a few thousand images (targets shown as n/a)")
-    bench.add_argument("--output", default="benchmark-results",
-                       help="where benchmark.json and benchmark.md go")
+    bench.add_argument("--output", help="where benchmark.json and benchmark.md go "
+                                         "(default: benchmark-results, or "
+                                         "benchmark-results-quick with --quick)")
     bench.add_argument("--work-dir", help="datasets, logs and per-step JSON "
                                           "(default: <output>/work)")
     bench.add_argument("--keep-datasets", action="store_true",
@@ -65,14 +67,14 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _benchmark(args) -> int:
-    from pathlib import Path
-
     from nnfund_spark.benchmark.suite import (BenchmarkError, BenchmarkPlan, remove_datasets,
                                               run_benchmark)
     from nnfund_spark.config import TrackingConfig
     from nnfund_spark.tracking.mlflow_utils import resolve_tracking_uri
 
-    output = Path(args.output).resolve()
+    # a quick run never replaces a full run's figures unless told to
+    output = Path(args.output or ("benchmark-results-quick" if args.quick
+                                  else "benchmark-results")).resolve()
     work_dir = Path(args.work_dir).resolve() if args.work_dir else output / "work"
     if args.no_tracking:
         tracking_uri = f"sqlite:///{work_dir / 'mlflow.db'}"
@@ -197,7 +199,6 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, FileNotFoundError, FileExistsError, RuntimeError) as exc:
         from nnfund_spark.tracking.mlflow_utils import redact_uri
         message = redact_uri(str(exc))  # it can quote a location with inline credentials
-        log.error("%s failed: %s", args.command, message)
         print(f"nnfund-spark {args.command}: error: {message}", file=sys.stderr)
         return 1
     except Exception:  # e.g. an executor's PythonException: keep the whole traceback
@@ -248,7 +249,11 @@ def _ui_hint(tracking_uri: str) -> str:
         return "MLflow UI: the Databricks workspace's Experiments page"
     if tracking_uri.startswith(("http://", "https://")):
         return f"MLflow UI: {redact_uri(tracking_uri)} (the tracking server's own UI)"
-    return f"MLflow UI: mlflow ui --backend-store-uri {redact_uri(tracking_uri)}"
+    # the mlflow script beside this Python (.venv/bin/mlflow) when there is one: a virtualenv's
+    # bin is on nobody's PATH unless activated
+    script = Path(sys.executable).parent / "mlflow"
+    mlflow = str(script) if script.is_file() else "mlflow"
+    return f"MLflow UI: {mlflow} ui --backend-store-uri {redact_uri(tracking_uri)}"
 
 
 def _write_json(path: str, value) -> None:

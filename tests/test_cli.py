@@ -191,3 +191,22 @@ def test_publishing_a_task_value_is_best_effort(monkeypatch, caplog):
     assert "could not publish task value model_uri (RuntimeError: only in notebooks)" in caplog.text
     monkeypatch.delenv("DATABRICKS_RUNTIME_VERSION")
     assert databricks.publish_task_value("model_uri", "runs:/x/model") is False
+
+
+def test_the_ui_hint_names_a_command_that_runs_and_no_credentials():
+    """The printed `mlflow ui` command is the one beside this Python (a virtualenv's bin is on
+    no PATH unless activated); servers and Databricks get their own UI, without passwords."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from nnfund_spark.cli import _ui_hint
+
+    script = Path(sys.executable).parent / "mlflow"
+    assert script.is_file()  # make setup installs MLflow into the venv
+    hint = _ui_hint("sqlite:////data/mlflow.db")
+    assert hint == f"MLflow UI: {script} ui --backend-store-uri sqlite:////data/mlflow.db"
+    assert subprocess.run([str(script), "ui", "--help"], capture_output=True).returncode == 0
+    assert _ui_hint("https://ada:s3cret@mlflow.example.com") == (
+        "MLflow UI: https://***@mlflow.example.com (the tracking server's own UI)")
+    assert _ui_hint("databricks") == "MLflow UI: the Databricks workspace's Experiments page"

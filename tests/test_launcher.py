@@ -202,10 +202,15 @@ def test_resume_errors_name_the_checkpoint_directory_and_what_to_do(tmp_path):
     with pytest.raises(ValueError, match="train.resume=true needs train.checkpoint_dir"):
         resume_point(train)
     train.checkpoint_dir = str(tmp_path / "ckpt")
-    with pytest.raises(ValueError, match=r"train.resume=true but .*ckpt holds no checkpoint"):
+    advice = (r"; set train.checkpoint_dir to the interrupted run's checkpoint directory, or "
+              r"train.resume=false to start a new run")
+    with pytest.raises(ValueError, match=r"train.resume=true but .*ckpt does not exist" + advice):
+        resume_point(train)
+    (tmp_path / "ckpt").mkdir()
+    with pytest.raises(ValueError, match=r"train.resume=true but .*ckpt holds no checkpoint"
+                                         + advice):
         resume_point(train)
     # 'latest' naming a checkpoint that is gone, or whose meta.json is damaged
-    (tmp_path / "ckpt").mkdir()
     (tmp_path / "ckpt" / "latest").write_text("epoch-0002\n")
     with pytest.raises(ValueError, match=r"ckpt: 'latest' names the checkpoint 'epoch-0002', "
                                          r"whose meta.json cannot be read \(.*No such file"):

@@ -84,6 +84,8 @@ def test_spark_predictions_equal_in_process_predictions(spark, small_mnist, tiny
     assert summary["confusion_matrix"] == expected_matrix.tolist()
     assert set(written["model_uri"]) == {f"runs:/{tiny_model['run_id']}/model"}
 
+    # named as the "already exists" refusal names it
+    assert summary["output_uri"] == "file://" + str(tmp_path / "preds")
     fields = {f.name: f.dataType.simpleString()
               for f in spark.read.parquet(summary["output_uri"]).schema.fields}
     assert fields == {"index": "bigint", "label": "int", "prediction": "int",
@@ -109,7 +111,8 @@ def test_existing_output_is_refused_then_replaced(spark, small_mnist, tiny_model
     target = tmp_path / "preds"
     target.mkdir()
     (target / "old.txt").write_text("earlier predictions")
-    with pytest.raises(FileExistsError, match="output already exists: .*preds.*--overwrite"):
+    with pytest.raises(FileExistsError, match=f"output already exists: file://{target} "
+                                              r"\(pass --overwrite, or "):
         run_predict(spark, _config(tiny_model, out, target))
     assert (target / "old.txt").exists()
 

@@ -30,8 +30,8 @@ def exists(spark, uri: str) -> bool:
 
 def check_writable(spark, uri: str, overwrite: bool) -> None:
     if exists(spark, uri) and not overwrite:
-        raise OutputExistsError(f"output already exists: {uri} (pass --overwrite or set "
-                                f"overwrite=True to replace it)")
+        raise OutputExistsError(f"output already exists: {uri} (pass --overwrite, or "
+                                f"PredictConfig(overwrite=True), to replace it)")
 
 
 def _sibling(spark, uri: str, tag: str) -> tuple[str, str]:

@@ -189,10 +189,14 @@ def resume_point(train) -> dict | None:
                              "run wrote its checkpoints)")
         return None
     # Where the ranks write (local_path: a plain path, ~, or a file:// URI).
-    meta = checkpoint.latest(local_path(train.checkpoint_dir))
+    where = local_path(train.checkpoint_dir)
+    meta = checkpoint.latest(where)
     if train.resume:
         if meta is None:
-            raise ValueError(f"train.resume=true but {train.checkpoint_dir} holds no checkpoint")
+            found = "holds no checkpoint" if where.exists() else "does not exist"
+            raise ValueError(f"train.resume=true but {train.checkpoint_dir} {found}; set "
+                             f"train.checkpoint_dir to the interrupted run's checkpoint "
+                             f"directory, or train.resume=false to start a new run")
         if meta["epoch"] >= train.epochs:
             raise ValueError(f"{train.checkpoint_dir} already holds all {meta['epoch']} epochs "
                              f"(train.epochs={train.epochs}); raise train.epochs to train further")
@@ -359,8 +363,18 @@ def log_keras_model(model, manifest: dict):
     # takes `artifact_path`.
     location = {"name": "model"} if int(mlflow.__version__.split(".")[0]) >= 3 else \
         {"artifact_path": "model"}
-    return mlflow.tensorflow.log_model(model, signature=signature, input_example=example,
-                                       **location)
+    import tensorflow as tf
+
+    # MLflow checks the input example by loading the logged model and predicting with Keras'
+    # default verbosity: without this, a progress bar lands on the job's stdout.
+    interactive = tf.keras.utils.is_interactive_logging_enabled()
+    tf.keras.utils.disable_interactive_logging()
+    try:
+        return mlflow.tensorflow.log_model(model, signature=signature, input_example=example,
+                                           **location)
+    finally:
+        if interactive:
+            tf.keras.utils.enable_interactive_logging()
 
 
 def sample_images(split_url: str, count: int = 4):
