@@ -159,9 +159,11 @@ def main(argv: list[str] | None = None) -> int:
             predict_config = dataclasses.replace(predict_config,
                                                  tracking_uri=config.tracking.tracking_uri)
         try:
-            databricks.check_shared_locations(
-                _locations_both_sides_use(args.command, config, sweep, predict_config),
-                os.environ, spark.sparkContext.master)
+            paths, tracking = _locations_both_sides_use(
+                args.command, config, sweep, predict_config,
+                given_dataset_dir=getattr(args, "dataset_dir", None))
+            databricks.check_shared_locations(paths, os.environ, spark.sparkContext.master,
+                                              tracking)
         except ValueError as exc:
             print(f"nnfund-spark: config error: {exc}", file=sys.stderr)
             return 2
@@ -215,30 +217,30 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def _locations_both_sides_use(command: str, config, sweep, predict_config) -> dict:
-    """The locations a job's driver and executors must both see, by the name a user sets."""
+def _locations_both_sides_use(command: str, config, sweep, predict_config,
+                              given_dataset_dir=None) -> tuple[dict, dict]:
+    """(paths, tracking URIs) a job's driver and executors must both reach, each under the
+    name a user sets it by."""
     if command == "predict":
-        return {"--dataset-dir": predict_config.dataset_dir,
-                "--output-dir": predict_config.output_dir}
+        dataset = "--dataset-dir" if given_dataset_dir else "data.output_dir"
+        return {dataset: predict_config.dataset_dir,
+                "--output-dir": predict_config.output_dir}, {}
     if command == "prepare":
         found = {"data.output_dir": config.data.output_dir}
         if config.data.source == "image_folder":  # the executors read the image files
             found["data.raw_dir"] = config.data.raw_dir
-        return found
+        return found, {}
     from nnfund_spark.tracking.mlflow_utils import resolve_tracking_uri
 
     targets = [(f"{t.name}: ", t.config) for t in sweep.trials] if command == "sweep" \
         else [("", config)]
-    found = {}
+    paths, tracking = {}, {}
     for prefix, target in targets:
-        tracking_uri = resolve_tracking_uri(target.tracking)
-        if tracking_uri.split(":")[0] in ("databricks", "databricks-uc"):
-            tracking_uri = None  # the workspace's server, not a path
         # rank 0 writes checkpoints and MLflow records from an executor; the driver reads them
-        found.update({prefix + "data.output_dir": target.data.output_dir,
-                      prefix + "train.checkpoint_dir": target.train.checkpoint_dir,
-                      prefix + "tracking.tracking_uri": tracking_uri})
-    return found
+        paths.update({prefix + "data.output_dir": target.data.output_dir,
+                      prefix + "train.checkpoint_dir": target.train.checkpoint_dir})
+        tracking[prefix + "tracking.tracking_uri"] = resolve_tracking_uri(target.tracking)
+    return paths, tracking
 
 
 def _ui_hint(tracking_uri: str) -> str:

@@ -131,36 +131,46 @@ def _node_local_path(location: str) -> Optional[str]:
     return None if re.match(r"^[A-Za-z][A-Za-z0-9+.-]*:", location) else location
 
 
-def unshared_locations(locations: Mapping[str, Optional[str]], env: Mapping[str, str],
-                       master: str) -> list[str]:
+def unshared_locations(paths: Mapping[str, Optional[str]], env: Mapping[str, str],
+                       master: str, tracking_uris: Optional[Mapping[str, Optional[str]]] = None
+                       ) -> list[str]:
     """``name=value`` for each location that the driver and the executors of this Databricks
-    cluster would not see alike: a path off the shared mounts (SHARED_MOUNTS). Off Databricks,
-    and on a single-node cluster (a local master), every path is shared and nothing is listed.
+    cluster would not share: a path off the shared mounts (SHARED_MOUNTS), and a tracking
+    store in a file anywhere (SQLite needs the random writes and locks that the /dbfs and
+    /Volumes mounts do not offer). Off Databricks, and on a single-node cluster (a local
+    master), driver and executors share one disk and nothing is listed.
 
     The jobs read and write these from both sides: executors write a dataset the driver commits,
     rank 0 writes checkpoints and MLflow records from an executor that the driver reads."""
     if not is_databricks(env) or master.startswith("local"):
         return []
     found = []
-    for name, value in locations.items():
+    for name, value in paths.items():
         text = str(value).strip() if value else ""
         path = _node_local_path(text) if text else None
         if path is not None and not path.startswith(SHARED_MOUNTS):
             found.append(f"{name}={text}")
+    for name, value in (tracking_uris or {}).items():
+        text = str(value).strip() if value else ""
+        workspace = text.split(":")[0] in ("databricks", "databricks-uc")  # not a path
+        if text and not workspace and _node_local_path(text) is not None:
+            found.append(f"{name}={text}")
     return found
 
 
-def check_shared_locations(locations: Mapping[str, Optional[str]], env: Mapping[str, str],
-                           master: str) -> None:
+def check_shared_locations(paths: Mapping[str, Optional[str]], env: Mapping[str, str],
+                           master: str,
+                           tracking_uris: Optional[Mapping[str, Optional[str]]] = None) -> None:
     """A ValueError naming every location of ``unshared_locations`` and what is accepted."""
-    found = unshared_locations(locations, env, master)
+    found = unshared_locations(paths, env, master, tracking_uris)
     if found:
         raise ValueError(
-            f"on this Databricks cluster ({master}) {', '.join(found)} would be on each node's "
-            f"own disk, so the driver and the executors would not see the same files. Use a "
-            f"Unity Catalog volume (/Volumes/<catalog>/<schema>/<volume>/...), /dbfs/..., or a "
-            f"URI of shared storage (dbfs:/, s3://, abfss://, gs://); tracking URIs: "
-            f"databricks or an http(s):// server. Any path works on a single-node cluster.")
+            f"on this Databricks cluster ({master}) the driver and the executors would not "
+            f"share {', '.join(found)}. Datasets and predictions: a Unity Catalog volume "
+            f"(/Volumes/<catalog>/<schema>/<volume>/...), /dbfs/... or a URI of shared storage "
+            f"(dbfs:/, s3://, abfss://, gs://); checkpoints: /Volumes/... or /dbfs/...; MLflow "
+            f"tracking: databricks or an http(s):// server, not a file. Any path works on a "
+            f"single-node cluster.")
 
 
 def spark_uri(path: str, env: Mapping[str, str]) -> str:

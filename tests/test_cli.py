@@ -121,7 +121,7 @@ def test_databricks_refuses_node_local_paths_before_any_work(monkeypatch, capsys
     assert cli.main(["train", "--set", "data.output_dir=data/petastorm/mnist",
                      "--set", f"train.checkpoint_dir={volume}/ckpt"]) == 2
     err = capsys.readouterr().err
-    assert "data.output_dir=data/petastorm/mnist would be on each node's own disk" in err
+    assert "would not share data.output_dir=data/petastorm/mnist. Datasets" in err
     assert "checkpoint_dir=" not in err and "tracking_uri=" not in err  # volume, workspace
     assert cli.main(["train", "--set", f"data.output_dir={volume}/ds", "--set",
                      "train.checkpoint_dir=/local_disk0/ckpt", "--set",
@@ -132,9 +132,20 @@ def test_databricks_refuses_node_local_paths_before_any_work(monkeypatch, capsys
     assert cli.main(["predict", "--model-uri", "models:/m/1", "--dataset-dir", "dbfs:/ds",
                      "--output-dir", "preds"]) == 2
     err = capsys.readouterr().err
-    assert "--output-dir=preds would be" in err and "--dataset-dir" not in err
+    assert "share --output-dir=preds. " in err and "--dataset-dir=" not in err
+    # the dataset named by the config, not by a flag the user did not give
+    assert cli.main(["predict", "--model-uri", "models:/m/1", "--set", "data.output_dir=ds",
+                     "--output-dir", f"{volume}/preds"]) == 2
+    assert "share data.output_dir=ds. " in capsys.readouterr().err
     assert cli.main(["prepare", "--set", "data.output_dir=/tmp/ds"]) == 2
-    assert "data.output_dir=/tmp/ds would be" in capsys.readouterr().err
+    assert "share data.output_dir=/tmp/ds. " in capsys.readouterr().err
+    # a sweep names each trial's location (and starts none of them)
+    import nnfund_spark.experiments.runner as runner
+    monkeypatch.setattr(runner, "run_sweep", started)
+    assert cli.main(["sweep", "-c", "experiments/optimizers", "--set",
+                     "data.output_dir=/tmp/ds"]) == 2
+    err = capsys.readouterr().err
+    assert "sgd: data.output_dir=/tmp/ds" in err and "adam: data.output_dir=/tmp/ds" in err
     # a single-node cluster: driver and executors are one machine
     monkeypatch.setattr(_FakeSpark.sparkContext, "master", "local[*, 4]")
     monkeypatch.setattr(launcher, "run_training", lambda spark, config: (_ for _ in ()).throw(
@@ -193,20 +204,20 @@ def test_publishing_a_task_value_is_best_effort(monkeypatch, caplog):
     assert databricks.publish_task_value("model_uri", "runs:/x/model") is False
 
 
-def test_the_ui_hint_names_a_command_that_runs_and_no_credentials():
+def test_the_ui_hint_names_a_command_that_runs_and_no_credentials(tmp_path, monkeypatch):
     """The printed `mlflow ui` command is the one beside this Python (a virtualenv's bin is on
-    no PATH unless activated); servers and Databricks get their own UI, without passwords."""
-    import subprocess
+    no PATH unless activated), plain `mlflow` when there is none; servers and Databricks get
+    their own UI, without passwords."""
     import sys
-    from pathlib import Path
 
     from nnfund_spark.cli import _ui_hint
 
-    script = Path(sys.executable).parent / "mlflow"
-    assert script.is_file()  # make setup installs MLflow into the venv
-    hint = _ui_hint("sqlite:////data/mlflow.db")
-    assert hint == f"MLflow UI: {script} ui --backend-store-uri sqlite:////data/mlflow.db"
-    assert subprocess.run([str(script), "ui", "--help"], capture_output=True).returncode == 0
+    monkeypatch.setattr(sys, "executable", str(tmp_path / "python"))
+    assert _ui_hint("sqlite:////data/mlflow.db") == \
+        "MLflow UI: mlflow ui --backend-store-uri sqlite:////data/mlflow.db"
+    (tmp_path / "mlflow").write_text("#!/bin/sh\n")
+    assert _ui_hint("sqlite:////data/mlflow.db") == \
+        f"MLflow UI: {tmp_path / 'mlflow'} ui --backend-store-uri sqlite:////data/mlflow.db"
     assert _ui_hint("https://ada:s3cret@mlflow.example.com") == (
         "MLflow UI: https://***@mlflow.example.com (the tracking server's own UI)")
     assert _ui_hint("databricks") == "MLflow UI: the Databricks workspace's Experiments page"

@@ -98,7 +98,7 @@ for name, path in (("without", sys.argv[1]), ("with", sys.argv[2])):
     spark = (SparkSession.builder.master("local-cluster[1,1,1024]")
              .config("spark.executorEnv.PATH", path).config("spark.ui.enabled", "false")
              .getOrCreate())
-    found[name] = {"hosts": launcher.executors_without_orted(spark, 2),
+    found[name] = {"hosts": launcher.executors_without(spark, launcher.mpi_daemon(), 2),
                    "auto": launcher.resolve_controller("auto", spark, 2)}
     try:
         found[name]["mpi"] = launcher.resolve_controller("mpi", spark, 2)
@@ -109,7 +109,7 @@ print(json.dumps(found))
 """
 
 
-def test_executors_without_open_mpi_mean_gloo_for_auto_and_a_refusal_for_mpi():
+def test_executors_without_open_mpi_mean_gloo_for_auto_and_a_refusal_for_mpi(tmp_path):
     """The driver has MPI, an executor (a separate process on local-cluster, with a PATH
     that holds no Open MPI) does not: auto picks Gloo, an explicit mpi is refused before any
     rank starts, naming the host; with Open MPI on the executor's PATH both give MPI."""
@@ -121,8 +121,8 @@ def test_executors_without_open_mpi_mean_gloo_for_auto_and_a_refusal_for_mpi():
 
     if stack_controller() != "mpi":
         pytest.skip("NNFUND_MPI=0: no MPI on this stack")
-    bare = os.path.dirname(sys.executable)  # the venv's bin: python, no orted
-    assert shutil.which("orted", path=bare) is None
+    bare = str(tmp_path)  # an executor PATH with nothing on it (its Python is absolute)
+    assert launcher.mpi_daemon() == "orted"  # the stack's Open MPI 4
     env = dict(os.environ, PYSPARK_PYTHON=sys.executable)
     proc = subprocess.run([sys.executable, "-c", EXECUTOR_PROBE, bare, os.environ["PATH"]],
                           capture_output=True, text=True, timeout=300, env=env)
@@ -131,7 +131,23 @@ def test_executors_without_open_mpi_mean_gloo_for_auto_and_a_refusal_for_mpi():
     host = socket.gethostname()
     assert found["without"]["hosts"] == [host] and found["without"]["auto"] == "gloo"
     assert found["without"]["mpi"] == (
-        f"train.controller=mpi needs Open MPI on every executor: no orted on the executors' "
-        f"PATH on {host} (mpirun starts the ranks through it; install openmpi-bin there); or "
-        f"use train.controller=gloo (or auto)")
+        f"train.controller=mpi needs MPI on every executor: no orted on the executors' PATH "
+        f"on {host} (mpirun starts the ranks through it; install the driver's MPI there, e.g. "
+        f"openmpi-bin); or use train.controller=gloo (or auto)")
     assert found["with"] == {"hosts": [], "auto": "mpi", "mpi": "mpi"}
+
+
+@pytest.mark.parametrize("version, daemon", [
+    ("mpirun (Open MPI) 4.1.4\n\nReport bugs to http://www.open-mpi.org/", "orted"),
+    ("mpirun (Open MPI) 5.0.3\n", "prted"),
+    ("HYDRA build details:\n    Version: 4.1\n", "hydra_pmi_proxy"),
+    ("Intel(R) MPI Library for Linux* OS, Version 2021.6\n", "hydra_pmi_proxy"),
+    ("something else entirely\n", None),
+])
+def test_the_executors_are_asked_for_the_daemon_of_the_drivers_mpi(monkeypatch, version,
+                                                                    daemon):
+    import subprocess
+
+    monkeypatch.setattr(subprocess, "run", lambda *a, **k: subprocess.CompletedProcess(
+        a, 0, stdout=version, stderr=""))
+    assert launcher.mpi_daemon() == daemon

@@ -218,19 +218,22 @@ def test_spark_uris():
 
 
 def test_locations_the_nodes_of_a_databricks_cluster_share():
-    locations = {"a": "/Volumes/c/s/v/ds", "b": "/dbfs/tmp/ckpt", "c": "dbfs:/tmp/x",
-                 "d": "s3://bucket/x", "e": "file:///dbfs/x", "f": "sqlite:////dbfs/m.db",
-                 "h": "http://mlflow:5000", "i": None, "j": "",
-                 "k": "data/ds", "l": "/local_disk0/tmp", "m": "file:///tmp/x",
-                 "n": "sqlite:///mlflow.db", "o": "/Volumes", "p": "~/ds",
-                 "q": "file:///Volumes%20x/y"}
+    paths = {"a": "/Volumes/c/s/v/ds", "b": "/dbfs/tmp/ckpt", "c": "dbfs:/tmp/x",
+             "d": "s3://bucket/x", "e": "file:///dbfs/x", "i": None, "j": "",
+             "k": "data/ds", "l": "/local_disk0/tmp", "m": "file:///tmp/x", "o": "/Volumes",
+             "p": "~/ds", "q": "file:///Volumes%20x/y", "r": "file:///Volumes/c/s/v/my%20ds"}
+    # a tracking store in a file is refused wherever it is: SQLite cannot live on the mounts
+    tracking = {"t1": "databricks", "t2": "databricks://profile", "t3": "http://mlflow:5000",
+                "t4": "sqlite:////dbfs/m.db", "t5": "sqlite:///mlflow.db", "t6": "/Volumes/c/mlruns",
+                "t7": None}
     cluster = "spark://10.0.0.1:7077"
-    assert unshared_locations(locations, ON_DATABRICKS, cluster) == [
-        "k=data/ds", "l=/local_disk0/tmp", "m=file:///tmp/x", "n=sqlite:///mlflow.db",
-        "o=/Volumes", "p=~/ds", "q=file:///Volumes%20x/y"]
+    assert unshared_locations(paths, ON_DATABRICKS, cluster, tracking) == [
+        "k=data/ds", "l=/local_disk0/tmp", "m=file:///tmp/x", "o=/Volumes", "p=~/ds",
+        "q=file:///Volumes%20x/y", "t4=sqlite:////dbfs/m.db", "t5=sqlite:///mlflow.db",
+        "t6=/Volumes/c/mlruns"]
     # off Databricks (NFS may be shared: not ours to judge) and on a single-node cluster
-    assert unshared_locations(locations, {}, cluster) == []
-    assert unshared_locations(locations, ON_DATABRICKS, "local[*, 4]") == []
+    assert unshared_locations(paths, {}, cluster, tracking) == []
+    assert unshared_locations(paths, ON_DATABRICKS, "local[*, 4]", tracking) == []
 
 
 def test_predict_refuses_an_output_over_its_dataset_on_databricks_volumes(tmp_path):

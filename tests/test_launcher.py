@@ -273,7 +273,8 @@ def test_each_rank_pins_the_gpu_spark_assigned(small_mnist, tmp_path):
     client = MlflowClient(uri)
     (run,) = client.search_runs([client.get_experiment_by_name("gpus").experiment_id])
     assert run.data.params["world_size"] == "2"  # num_proc=0: one rank per GPU slot
-    # the executor (a process of its own) was asked for Open MPI before MPI was chosen
+    # auto chose the stack's controller with the executor a process of its own, where MPI is
+    # chosen only after the executors answer the probe for mpirun's daemon
     assert run.data.tags["controller"] == stack_controller()
     ranks = json.load(open(client.download_artifacts(run.info.run_id, "ranks.json")))
     assert sorted(r["assigned_gpus"][0] for r in ranks) == ["0", "1"]

@@ -207,3 +207,49 @@ def test_a_streamed_shard_cut_to_a_limit_keeps_its_first_rows(small_mnist):
     batches = list(shard.batches(10, seed=1, epoch=0, rank=1, record=record))
     assert [len(labels) for _, labels in batches] == [15] * 10
     assert sorted(int(i) for batch in record for i in batch) == sorted(shard.indices())
+
+
+def test_a_row_group_that_changed_since_the_footers_were_read_is_named(small_mnist):
+    """A streamed shard counts its rows from the footers once; a row group that holds another
+    number when an epoch reads it would break exactly-once, so the read stops, naming it."""
+    from nnfund_spark.training.pipeline import StreamedShard
+
+    out, _ = small_mnist
+    shard = StreamedShard((out / "train").as_uri(), 0, 2, window=2)
+    name, group, keep, held = shard.plan[0]
+    shard.plan[0] = (name, group, keep, held + 1)
+    with pytest.raises(ValueError, match=rf"{name}: row group {group} holds {held} rows, "
+                                         rf"{held + 1} when this job started: the split changed"):
+        list(shard.batches(10, seed=1, epoch=0, rank=0))
+
+
+def test_images_of_a_variable_shape_field_take_the_first_ones_shape_and_must_agree(small_mnist):
+    """Petastorm fields may leave a dimension open (None); the reader then takes the shape of
+    the first image and refuses one that differs instead of broadcasting or failing later."""
+    from nnfund_spark.training.pipeline import _read_groups, read_shard, split_metadata
+
+    out, _ = small_mnist
+    split, field, counts = split_metadata((out / "train").as_uri())
+    name = sorted(counts)[0]
+
+    class Open:  # the same images, declared with an open height and width
+        shape = (None, None)
+        numpy_dtype = field.numpy_dtype
+
+        class codec:  # noqa: N801
+            heights: list = []  # rows kept of each image, in turn; whole images once empty
+
+            @classmethod
+            def decode(cls, _field, value):
+                image = field.codec.decode(field, value)
+                return image[:cls.heights.pop(0)] if cls.heights else image
+
+    indices, images, labels = _read_groups(split, Open, [(name, 0, None, None)])
+    expected = read_shard((out / "train").as_uri(), 0, 1)
+    assert images.shape[1:] == (28, 28, 1)
+    np.testing.assert_array_equal(images, expected[1][:len(indices)])
+    np.testing.assert_array_equal(labels, expected[2][:len(indices)])
+    Open.codec.heights = [28, 28, 28, 27]  # the fourth image is one row short
+    with pytest.raises(ValueError, match=rf"{name}: row group 0 holds an image of shape "
+                                         r"\(27, 28\) among images of shape \(28, 28\)"):
+        _read_groups(split, Open, [(name, 0, None, None)])

@@ -159,8 +159,8 @@ def run_predict(spark, config: PredictConfig) -> dict:
     accuracy = float(matrix.trace()) / count if matrix is not None and count else None
     summary = {
         "model_uri": ref.uri, "source_run_id": source_run.info.run_id if source_run else None,
-        # as given (file:///…), the form the "already exists" refusal names, not Hadoop's
-        # qualified file:/…
+        # the URI the output was checked under (file:///…, dbfs:/…), the form the "already
+        # exists" refusal names, not Hadoop's qualified file:/…
         "dataset_dir": root.display, "split": split, "output_uri": output_uri, "count": count,
         "expected_count": expected, "accuracy": accuracy,
         "confusion_matrix": matrix.tolist() if matrix is not None else None,

@@ -517,18 +517,19 @@ def resolve_controller(choice: str, spark=None, num_proc: int = 1) -> str:
 
     "auto" is mpi when this driver's Horovod was built with MPI and mpirun is on the PATH,
     and (given the session, on a cluster) the executors that answer a probe of ``num_proc``
-    tasks have Open MPI's ``orted``, else gloo. An explicit "mpi" that cannot run is refused
+    tasks have the daemon that mpirun starts ranks through (``mpi_daemon``), else gloo. An explicit "mpi" that cannot run is refused
     before any rank starts, naming what is missing and where."""
     if choice == "gloo":
         return "gloo"
     wait_for_horovod_build_check()  # it may be running mpi_built right now
     missing = mpi_missing()
-    if not missing and spark is not None:
-        hosts = executors_without_orted(spark, num_proc)
+    daemon = mpi_daemon() if not missing and spark is not None else None
+    if daemon:
+        hosts = executors_without(spark, daemon, num_proc)
         if hosts:
-            missing = [f"Open MPI on every executor: no orted on the executors' PATH on "
-                       f"{', '.join(hosts)} (mpirun starts the ranks through it; install "
-                       f"openmpi-bin there)"]
+            missing = [f"MPI on every executor: no {daemon} on the executors' PATH on "
+                       f"{', '.join(hosts)} (mpirun starts the ranks through it; install the "
+                       f"driver's MPI there, e.g. openmpi-bin)"]
             if choice == "auto":  # the driver has MPI: a cluster set up half-way, say so
                 log.warning("train.controller=auto: using Gloo; MPI needs %s", missing[0])
     if choice == "auto":
@@ -539,23 +540,44 @@ def resolve_controller(choice: str, spark=None, num_proc: int = 1) -> str:
     return "mpi"
 
 
-def _orted_here(_partition):
-    import shutil
-    import socket
+def mpi_daemon() -> str | None:
+    """The program the driver's mpirun starts on each node to launch ranks there: Open MPI
+    4's ``orted``, Open MPI 5's ``prted``, MPICH's (and Intel MPI's) ``hydra_pmi_proxy``;
+    None when ``mpirun --version`` names none of them (the executors are then not asked)."""
+    import subprocess
 
-    yield socket.gethostname(), shutil.which("orted") is not None
+    try:
+        text = subprocess.run(["mpirun", "--version"], capture_output=True, text=True,
+                              timeout=30).stdout
+    except (OSError, subprocess.SubprocessError) as exc:
+        log.warning("mpirun --version failed (%s); the executors are not checked for MPI", exc)
+        return None
+    found = re.search(r"\(Open MPI\) (\d+)", text)
+    if found:
+        return "orted" if int(found.group(1)) < 5 else "prted"
+    return "hydra_pmi_proxy" if re.search(r"HYDRA|MPICH|Intel", text) else None
 
 
-def executors_without_orted(spark, tasks: int) -> list:
-    """Hosts whose executors have no ``orted`` on their PATH, from one quick Spark job of
-    ``tasks`` tasks (a sample: the barrier job's tasks may land elsewhere, but executors from
-    one image answer alike). In plain local mode the executor is the driver: nothing to ask."""
+def _found_here(program: str):
+    def probe(_partition):
+        import shutil
+        import socket
+
+        yield socket.gethostname(), shutil.which(program) is not None
+    return probe
+
+
+def executors_without(spark, program: str, tasks: int) -> list:
+    """Hosts whose executors do not have ``program`` on their PATH, from one quick Spark job
+    of ``tasks`` tasks (a sample: the barrier job's tasks may land elsewhere, but executors
+    from one image answer alike). In plain local mode the executor is the driver: nothing to
+    ask."""
     master = spark.sparkContext.master
     if master == "local" or master.startswith("local["):
         return []
     tasks = max(1, int(tasks))
     answers = spark.sparkContext.parallelize(range(tasks), tasks) \
-        .mapPartitions(_orted_here).collect()
+        .mapPartitions(_found_here(program)).collect()
     return sorted({host for host, found in answers if not found})
 
 

@@ -205,7 +205,7 @@ def _train(settings: dict) -> dict:
                              settings["stream_window"], keep) if stream else None
     read_seconds = time.time() - started
     train_index, train_images, train_labels = shards["train"]
-    if keep and not stream:  # a streamed shard applied it above
+    if keep is not None and not stream:  # a streamed shard applied it above
         train_index, train_images, train_labels = (train_index[:keep], train_images[:keep],
                                                    train_labels[:keep])
     train_count = streamed.count if stream else len(train_index)
