@@ -135,6 +135,14 @@ def main(argv: list[str] | None = None) -> int:
             print(json.dumps(to_dict(config), indent=2))
         return 0
 
+    if args.command == "prepare":
+        from nnfund_spark.data.prepare import check_output
+        try:  # the output's own refusals need no Spark: give them without its start-up
+            check_output(config.data)
+        except (ValueError, FileExistsError) as exc:
+            from nnfund_spark.tracking.mlflow_utils import redact_uri
+            print(f"nnfund-spark prepare: error: {redact_uri(str(exc))}", file=sys.stderr)
+            return 1
     from nnfund_spark import databricks
     from nnfund_spark.spark import build_session
     if args.command in ("train", "sweep"):

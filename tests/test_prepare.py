@@ -2,6 +2,7 @@
 Petastorm metadata, MLflow logging of the manifest."""
 import hashlib
 import json
+import re
 
 import numpy as np
 import pytest
@@ -170,7 +171,8 @@ def test_a_damaged_or_newer_manifest_is_refused_by_name(small_mnist, tmp_path):
         read_manifest(copy)
 
 
-def test_overwrite_replaces_only_a_dataset_and_never_the_raw_data(mnist_raw_dir, tmp_path):
+def test_overwrite_replaces_only_a_dataset_and_never_the_raw_data(mnist_raw_dir, tmp_path,
+                                                                   monkeypatch, capsys):
     """--overwrite on a directory that is not a prepared dataset, on a file, or on a location
     that is, holds or lies inside the raw data is refused before anything is read or
     deleted (the checks run before Spark is touched: no session is passed)."""
@@ -192,6 +194,21 @@ def test_overwrite_replaces_only_a_dataset_and_never_the_raw_data(mnist_raw_dir,
         config = DataConfig(raw_dir=str(raw), output_dir=output, limit=300, overwrite=True)
         with pytest.raises(OutputExistsError, match=message):
             prepare_dataset(None, config)
+    # The CLI gives the same refusals before it starts Spark (exit 1), with or without
+    # --overwrite for an existing output.
+    import nnfund_spark.spark as spark_module
+    from nnfund_spark import cli
+
+    def no_spark(*args):
+        raise AssertionError("Spark was started")
+
+    monkeypatch.setattr(spark_module, "build_session", no_spark)
+    for output, message in [*cases.items(), (str(notes), "output already exists: .*notes "
+                                                         r"\(pass --overwrite")]:
+        flags = ["--overwrite"] if "already exists" not in message else []
+        assert cli.main(["prepare", "--set", f"data.raw_dir={raw}", "--set",
+                         f"data.output_dir={output}", *flags]) == 1
+        assert re.search(f"nnfund-spark prepare: error: .*{message}", capsys.readouterr().err)
     assert sorted(p.name for p in raw.iterdir()) == sorted(p.name for p in mnist_raw_dir.iterdir())
     assert (notes / "keep.txt").read_text() == "mine" and a_file.read_text() == "mine"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a_file", "data", "notes"]

@@ -44,11 +44,7 @@ class OutputExistsError(FileExistsError):
 def atomic_output(output: Location, overwrite: bool):
     """Yield a hidden staging directory; on success it replaces `output` (storage.commit), on
     any error it is removed and `output` (if it existed) is untouched."""
-    if output.exists() and not overwrite:
-        raise OutputExistsError(f"output already exists: {output.display} (pass --overwrite or set "
-                                f"data.overwrite=true to replace it)")
-    if output.exists():
-        _refuse_to_replace_non_dataset(output)
+    _refuse_existing(output, overwrite)
     staging = staging_for(output)
     staging.makedirs()
     try:
@@ -57,6 +53,14 @@ def atomic_output(output: Location, overwrite: bool):
     finally:
         if staging.exists():
             staging.remove_tree()
+
+
+def _refuse_existing(output: Location, overwrite: bool) -> None:
+    if output.exists() and not overwrite:
+        raise OutputExistsError(f"output already exists: {output.display} (pass --overwrite or set "
+                                f"data.overwrite=true to replace it)")
+    if output.exists():
+        _refuse_to_replace_non_dataset(output)
 
 
 def _refuse_to_replace_non_dataset(output: Location) -> None:
@@ -90,10 +94,19 @@ def _refuse_output_over_source(output: Location, raw_dir: str) -> None:
                                 f"data (and not a parent of it)")
 
 
-def prepare_dataset(spark, config: DataConfig) -> dict:
-    """Prepare config.source into config.output_dir; return the manifest that was written."""
+def check_output(config: DataConfig) -> Location:
+    """config.output_dir as a Location, refused (before Spark starts, by the CLI) when it
+    overlaps data.raw_dir, exists without data.overwrite, or is not a dataset that
+    overwrite may replace. ``atomic_output`` checks again when it commits."""
     output = resolve(config.output_dir)
     _refuse_output_over_source(output, config.raw_dir)
+    _refuse_existing(output, config.overwrite)
+    return output
+
+
+def prepare_dataset(spark, config: DataConfig) -> dict:
+    """Prepare config.source into config.output_dir; return the manifest that was written."""
+    output = check_output(config)
     if config.source == "image_folder":
         from nnfund_spark.data.sources.image_folder import prepare_image_folder as run
     else:
