@@ -32,10 +32,10 @@ REPO = Path(__file__).resolve().parents[1]
 PEAK = r"""
 import json, resource, sys
 import numpy as np
-from nnfund_spark.training.pipeline import StreamedShard, read_shard, steps_per_epoch
-from nnfund_spark.training.pipeline import split_metadata
-mode, url = sys.argv[1], sys.argv[2]
 import cv2, pyarrow.parquet  # what every contender loads: the baseline holds them too
+from nnfund_spark.training.pipeline import (StreamedShard, read_shard, split_metadata,
+                                            steps_per_epoch)
+mode, url = sys.argv[1], sys.argv[2]
 split_metadata(url)
 held = 0
 if mode == "memory":

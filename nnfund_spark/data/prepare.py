@@ -41,10 +41,10 @@ class OutputExistsError(FileExistsError):
 
 
 @contextlib.contextmanager
-def atomic_output(output: Location, overwrite: bool):
+def atomic_output(output: Location):
     """Yield a hidden staging directory; on success it replaces `output` (storage.commit), on
-    any error it is removed and `output` (if it existed) is untouched."""
-    _refuse_existing(output, overwrite)
+    any error it is removed and `output` (if it existed) is untouched. Whether `output` may be
+    replaced at all is ``check_output``'s to decide, before."""
     staging = staging_for(output)
     staging.makedirs()
     try:
@@ -53,14 +53,6 @@ def atomic_output(output: Location, overwrite: bool):
     finally:
         if staging.exists():
             staging.remove_tree()
-
-
-def _refuse_existing(output: Location, overwrite: bool) -> None:
-    if output.exists() and not overwrite:
-        raise OutputExistsError(f"output already exists: {output.display} (pass --overwrite or set "
-                                f"data.overwrite=true to replace it)")
-    if output.exists():
-        _refuse_to_replace_non_dataset(output)
 
 
 def _refuse_to_replace_non_dataset(output: Location) -> None:
@@ -97,22 +89,25 @@ def _refuse_output_over_source(output: Location, raw_dir: str) -> None:
 def check_output(config: DataConfig) -> Location:
     """config.output_dir as a Location, refused (before Spark starts, by the CLI) when it
     overlaps data.raw_dir, exists without data.overwrite, or is not a dataset that
-    overwrite may replace. ``atomic_output`` checks again when it commits."""
+    overwrite may replace. ``prepare_dataset`` calls it first as well."""
     output = resolve(config.output_dir)
     _refuse_output_over_source(output, config.raw_dir)
-    _refuse_existing(output, config.overwrite)
+    if output.exists() and not config.overwrite:
+        raise OutputExistsError(f"output already exists: {output.display} (pass --overwrite or set "
+                                f"data.overwrite=true to replace it)")
+    if output.exists():
+        _refuse_to_replace_non_dataset(output)
     return output
 
 
 def prepare_dataset(spark, config: DataConfig) -> dict:
     """Prepare config.source into config.output_dir; return the manifest that was written."""
-    output = check_output(config)
+    output = check_output(config)  # first, so nothing is read when the output is in the way
     if config.source == "image_folder":
         from nnfund_spark.data.sources.image_folder import prepare_image_folder as run
     else:
         run = _prepare_arrays
-    # The existence check comes first, so nothing is read when the output is in the way.
-    with atomic_output(output, config.overwrite) as staging:
+    with atomic_output(output) as staging:
         manifest = run(spark, config, staging)
         write_manifest(staging, manifest)
     for split in SPLITS:

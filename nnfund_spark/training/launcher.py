@@ -355,6 +355,7 @@ def log_keras_model(model, manifest: dict):
     """Log as 'model' with the MLflow TensorFlow flavor, signature and input example."""
     import mlflow
     import numpy as np
+    import tensorflow as tf
     from mlflow.models import infer_signature
 
     example = np.zeros((2, *manifest["image_shape"]), np.float32)
@@ -363,8 +364,6 @@ def log_keras_model(model, manifest: dict):
     # takes `artifact_path`.
     location = {"name": "model"} if int(mlflow.__version__.split(".")[0]) >= 3 else \
         {"artifact_path": "model"}
-    import tensorflow as tf
-
     # MLflow checks the input example by loading the logged model and predicting with Keras'
     # default verbosity: without this, a progress bar lands on the job's stdout.
     interactive = tf.keras.utils.is_interactive_logging_enabled()
@@ -517,8 +516,9 @@ def resolve_controller(choice: str, spark=None, num_proc: int = 1) -> str:
 
     "auto" is mpi when this driver's Horovod was built with MPI and mpirun is on the PATH,
     and (given the session, on a cluster) the executors that answer a probe of ``num_proc``
-    tasks have the daemon that mpirun starts ranks through (``mpi_daemon``), else gloo. An explicit "mpi" that cannot run is refused
-    before any rank starts, naming what is missing and where."""
+    tasks have the daemon that mpirun starts ranks through (``mpi_daemon``), else gloo. An
+    explicit "mpi" that cannot run is refused before any rank starts, naming what is missing
+    and where."""
     if choice == "gloo":
         return "gloo"
     wait_for_horovod_build_check()  # it may be running mpi_built right now
