@@ -51,7 +51,7 @@ setup(
         "petastorm>=0.12.1,<0.14",
         "mlflow>=2.9,<4",
         "pyyaml>=5.4",
-        "pillow>=9",
+        "pillow>=10.3",  # opens 16-bit grayscale PNG as I;16 (before: mode I, see images.py)
         "matplotlib>=3.5",
         "opencv-python-headless>=4.5",
         "scikit-learn>=1.0",       # the built-in `digits` source

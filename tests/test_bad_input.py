@@ -2,6 +2,7 @@
 them up to data.max_bad_fraction, fail above it; whole-source problems always fail; nothing
 that looks like a dataset is left behind by a failure."""
 import io
+import re
 import shutil
 
 import numpy as np
@@ -20,6 +21,22 @@ def png_bytes(array, fmt="PNG"):
     buffer = io.BytesIO()
     Image.fromarray(array).save(buffer, fmt)
     return buffer.getvalue()
+
+
+def exif_broken_jpeg(array):
+    """A real JPEG whose EXIF block makes Pillow raise struct.error (not OSError/ValueError) when
+    the photo is turned upright: its Make entry (0x010F, text) is retagged TileOffsets
+    (0x0144, numbers), so re-packing the block meets text where numbers belong."""
+    image = Image.fromarray(array)
+    exif = image.getexif()
+    exif[0x0112] = 6        # orientation: turn 90 degrees (so the EXIF block is re-packed)
+    exif[0x010F] = "cam"    # Make
+    buffer = io.BytesIO()
+    image.save(buffer, "JPEG", exif=exif)
+    entry = b"\x01\x0f\x00\x02"  # big-endian EXIF entry: tag 0x010F, type 2 (ASCII)
+    data = buffer.getvalue()
+    assert data.count(entry) == 1
+    return data.replace(entry, b"\x01\x44\x00\x02")
 
 
 # file -> the reason it must be reported with (None: a good image)
@@ -122,6 +139,30 @@ def test_skipped_summary_counts_everything_and_lists_a_bounded_sorted_sample(mon
     assert summary["items_truncated"] is True
     monkeypatch.setattr(bad_input, "MAX_LISTED", 5)
     assert bad_input.skipped_summary(bad, 100, 0.1)["items_truncated"] is False
+
+
+def test_unexpected_decoder_exception_is_a_named_corrupt_file(spark, tmp_path):
+    """A file on which the decoder raises something other than OSError/ValueError (here a real
+    JPEG with a malformed EXIF block: struct.error) is one corrupt file, named with the
+    exception's type, not a failed job that names no file."""
+    root = tmp_path / "images"
+    rng = np.random.default_rng(5)
+    for name in ("a", "b"):
+        (root / name).mkdir(parents=True)
+        for i in range(5):
+            array = rng.integers(0, 256, (20, 18, 3), dtype=np.uint8)
+            (root / name / f"ok{i}.png").write_bytes(png_bytes(array))
+    broken = root / "a" / "broken_exif.jpg"
+    broken.write_bytes(exif_broken_jpeg(rng.integers(0, 256, (20, 18, 3), dtype=np.uint8)))
+    with pytest.raises(BadInputError, match=rf"1 of 11 files in .* are bad .*"
+                                            rf"{re.escape(str(broken))}: corrupt or truncated "
+                                            rf"\(cannot decode: struct\.error: "):
+        prepare_dataset(spark, config_for(root, tmp_path / "ds"))
+    manifest = prepare_dataset(spark, config_for(root, tmp_path / "ds", max_bad_fraction=0.1))
+    assert [(i["item"], i["reason"]) for i in manifest["skipped"]["items"]] == \
+        [(str(broken), "corrupt or truncated")]
+    assert manifest["skipped"]["items"][0]["detail"].startswith("cannot decode: struct.error: ")
+    assert sum(manifest["splits"][s]["count"] for s in ("train", "validation", "test")) == 10
 
 
 def test_class_without_usable_images_fails(spark, tmp_path):

@@ -226,3 +226,15 @@ def test_cli_arguments_build_the_config():
         predict_config_from_args(args, job)
     with pytest.raises(SystemExit):
         parser.parse_args(["--model-uri", "x", "--output-dir", "/o", "--mlflow-run", "both"])
+
+
+def test_summary_of_an_empty_split_says_so():
+    """0 examples scored (e.g. --split validation with validation_fraction=0) is reported as
+    an empty split, not as a split without labels."""
+    from nnfund_spark.inference import format_summary
+
+    summary = {"count": 0, "split": "validation", "model_uri": "runs:/r/model",
+               "output_uri": "file:///tmp/p", "accuracy": None, "mlflow_run_id": None}
+    assert format_summary(summary).endswith("(the split holds 0 examples: accuracy not computed)")
+    summary["count"] = 5
+    assert format_summary(summary).endswith("(no labels: accuracy not computed)")

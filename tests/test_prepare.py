@@ -313,3 +313,78 @@ def test_min_row_groups_sets_how_many_ranks_a_split_can_serve(spark, mnist_raw_d
     # With 40 ranks, the first, a middle and the last rank each get a non-empty shard.
     shards = [read_shard((out / "train").as_uri(), rank, 40)[0] for rank in (0, 17, 39)]
     assert all(len(shard) >= 13 for shard in shards)
+
+
+def test_failed_local_overwrite_commit_puts_the_old_dataset_back(tmp_path, monkeypatch):
+    """If the finished dataset cannot be renamed into place, the old one (already renamed
+    aside) is renamed back before the error is raised: a failed --overwrite loses nothing."""
+    import os
+
+    from nnfund_spark.data import storage
+
+    final, staging = tmp_path / "ds", tmp_path / ".ds.tmp-1"
+    final.mkdir()
+    (final / "manifest.json").write_text("old")
+    staging.mkdir()
+    (staging / "manifest.json").write_text("new")
+    real_rename = os.rename
+
+    def rename(src, dst):
+        if os.fspath(src) == str(staging):
+            raise OSError("disk full (simulated)")
+        return real_rename(src, dst)
+
+    monkeypatch.setattr(storage.os, "rename", rename)
+    with pytest.raises(OSError, match="disk full"):
+        storage.commit(storage.resolve(staging), storage.resolve(final), last="manifest.json")
+    assert (final / "manifest.json").read_text() == "old"
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".ds.tmp-1", "ds"]  # no .old- left
+
+
+def test_split_row_count_is_checked_against_the_rows_written(tmp_path):
+    """finish_split counts the rows in the Parquet footers the driver sees; another count than
+    was written (executors that wrote to a disk the driver does not share) is an error naming
+    the split, both numbers and the likely cause."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from nnfund_spark.data.schema import image_schema
+    from nnfund_spark.data.storage import resolve
+    from nnfund_spark.data.writer import MissingRowsError, finish_split, row_arrow_schema
+
+    schema = image_schema(4, 4, 1, "ndarray")
+    file_schema = row_arrow_schema(schema)
+    split = tmp_path / "train"
+    split.mkdir()
+    columns = {"index": pa.array([0, 1, 2], pa.int64()), "label": pa.array([0, 1, 0], pa.int32()),
+               "image": pa.array([b"x"] * 3, pa.binary())}
+    pq.write_table(pa.table([columns[f.name] for f in file_schema], schema=file_schema),
+                   split / "part-00000.parquet")
+    with pytest.raises(MissingRowsError, match=r"split 'train': the driver finds 3 rows in "
+                                               r".*train but 5 were written.*shared by the "
+                                               r"driver and every executor"):
+        finish_split(resolve(split), schema, file_schema, 5)
+    assert finish_split(resolve(split), schema, file_schema, 3)["files"] == 1
+    empty = tmp_path / "test"
+    empty.mkdir()
+    with pytest.raises(MissingRowsError, match=r"split 'test': the driver finds 0 rows .* 7 "):
+        finish_split(resolve(empty), schema, file_schema, 7)
+    assert finish_split(resolve(empty), schema, file_schema, 0)["row_groups"] == 0
+
+
+def test_classes_without_training_examples_are_named_in_a_warning(spark, tmp_path, caplog):
+    """digits in order 0, 1, ..., 9: data.limit=5 leaves classes 5-9 with no image at all. The
+    dataset is still written (small limits are for quick trials), with a WARNING naming them."""
+    import logging
+
+    out = tmp_path / "ds"
+    with caplog.at_level(logging.WARNING, logger="nnfund_spark.data.prepare"):
+        manifest = prepare_dataset(spark, DataConfig(source="digits", output_dir=str(out),
+                                                     limit=5))
+    assert [n for n, c in manifest["splits"]["train"]["per_class"].items() if c == 0] == \
+        ["5", "6", "7", "8", "9"]
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert any(m.startswith("5 of 10 classes have no training examples: 5, 6, 7, 8, 9 (split "
+                            "counts: train 5, validation 0, test 0; data.limit=5)")
+               for m in warnings), warnings
+    assert (out / "manifest.json").is_file()

@@ -248,3 +248,54 @@ def test_decode_and_convert_rules():
     mean, std = stats_from_histograms(channel_histograms(batch))
     assert mean == pytest.approx((batch / 255).reshape(-1, 3).mean(axis=0), abs=1e-6)
     assert std == pytest.approx((batch / 255).reshape(-1, 3).std(axis=0), abs=1e-6)
+
+
+def test_rotated_jpeg_is_drafted_in_its_stored_orientation():
+    """JPEG draft (decoding at 1/2..1/8 scale) takes the size as stored, before the EXIF turn:
+    for orientations 5-8 the target's width and height swap. A tall photo stored turned by 90
+    degrees, squeezed to 400 x 100: drafting with the unswapped size would decode it at 1/4 and
+    blow 100 rows up to 400; it must equal the full decode, turned upright, then resized."""
+    import io
+
+    from PIL import Image, ImageOps
+
+    from nnfund_spark.data.images import decode_image, resize
+
+    stored = np.random.default_rng(2).integers(0, 256, (1600, 400, 3), dtype=np.uint8)
+    image = Image.fromarray(stored)
+    exif = image.getexif()
+    exif[0x0112] = 6  # turn 90 degrees: upright it is 1600 wide, 400 tall
+    buffer = io.BytesIO()
+    image.save(buffer, "JPEG", exif=exif, quality=95)
+    content = buffer.getvalue()
+    with Image.open(io.BytesIO(content)) as full:  # no draft: every pixel decoded
+        upright = np.asarray(ImageOps.exif_transpose(full).convert("RGB"))
+    assert upright.shape == (400, 1600, 3)
+    expected = resize(upright, (400, 100))
+    np.testing.assert_array_equal(decode_image(content, "rgb", (400, 100)), expected)
+
+
+def test_any_decoder_exception_is_a_corrupt_item(monkeypatch):
+    """Whatever a decoder raises on malformed content (struct.error, cv2.error, IndexError, ...)
+    is ImageDecodeError "corrupt or truncated" with the exception's type and message."""
+    import struct
+
+    import cv2
+
+    from nnfund_spark.data import images
+    from nnfund_spark.data.images import ImageDecodeError, decode_image
+    from tests.test_bad_input import exif_broken_jpeg, png_bytes
+
+    array = np.random.default_rng(3).integers(0, 256, (12, 10, 3), dtype=np.uint8)
+    with pytest.raises(ImageDecodeError, match=r"cannot decode: struct\.error: ") as err:
+        decode_image(exif_broken_jpeg(array), "keep")  # a real file, no monkeypatching
+    assert err.value.kind == "corrupt or truncated"
+    assert isinstance(err.value.__cause__, struct.error)
+
+    def broken_resize(image, size):
+        raise cv2.error("OpenCV(4) resize.cpp: error: (-215:Assertion failed) (simulated)")
+
+    monkeypatch.setattr(images, "resize", broken_resize)
+    with pytest.raises(ImageDecodeError, match=r"cannot decode: cv2\.error: OpenCV\(4\)") as err:
+        decode_image(png_bytes(array), "keep", (6, 5))
+    assert err.value.kind == "corrupt or truncated"

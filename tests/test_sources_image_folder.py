@@ -143,3 +143,47 @@ def test_image_folder_grayscale_ndarray_limit(spark, folder, tmp_path):
     assert manifest["splits"]["validation"]["count"] == 0
     assert manifest["splits"]["validation"]["row_groups"] == 0  # valid, empty dataset
     assert manifest["image_shape"] == [16, 16, 1] and manifest["color_mode"] == "grayscale"
+
+
+def test_output_dir_with_space_non_ascii_and_percent(spark, folder, tmp_path):
+    """Spark gets the output as an unencoded path: a percent-encoded file:// URI would make
+    Hadoop write into a literal 'my%20data' directory the driver never finds."""
+    root, files = folder
+    parent = tmp_path / "my data é 100%"
+    out = parent / "ds"
+    manifest = prepare_dataset(spark, DataConfig(source="image_folder", raw_dir=str(root),
+                                                 output_dir=str(out), image_size=[12, 10],
+                                                 color_mode="rgb"))
+    total = 0
+    for split in ("train", "validation", "test"):
+        rows = sum(pq.read_metadata(f).num_rows for f in (out / split).glob("*.parquet"))
+        assert rows == manifest["splits"][split]["count"] > 0
+        assert (out / split / "_common_metadata").is_file()
+        total += rows
+    assert total == len(files)
+    assert [p.name for p in tmp_path.iterdir()] == ["my data é 100%"]  # nothing stray
+    assert [p.name for p in parent.iterdir()] == ["ds"]                # no staging left
+    assert sorted(p.name for p in out.iterdir()) == ["manifest.json", "test", "train",
+                                                      "validation"]
+
+
+def test_rows_the_driver_cannot_see_fail_and_leave_nothing(spark, folder, tmp_path, monkeypatch):
+    """Executors that write the splits where the driver cannot see them (output_dir on a disk
+    of their own) give an error naming the split, both counts and the cause, not an empty
+    dataset whose manifest claims rows; the staging directory is removed."""
+    from nnfund_spark.data import storage
+    from nnfund_spark.data.writer import MissingRowsError
+
+    root, _ = folder
+    elsewhere = tmp_path / "executor_disk"  # stands in for each executor's own disk
+    monkeypatch.setattr(storage.Location, "spark_uri",
+                        property(lambda self: f"file://{elsewhere}/{self.name}"))
+    out = tmp_path / "ds"
+    with pytest.raises(MissingRowsError, match=r"split 'train': the driver finds 0 rows in .* but "
+                                               r"15 were written; the executors most likely "
+                                               r"wrote .* data.output_dir must be one location "
+                                               r"shared by the driver and every executor"):
+        prepare_dataset(spark, DataConfig(source="image_folder", raw_dir=str(root),
+                                          output_dir=str(out), image_size=[12, 10],
+                                          color_mode="rgb"))
+    assert [p.name for p in tmp_path.iterdir()] == ["executor_disk"]  # no dataset, no staging

@@ -20,12 +20,16 @@ def test_redact_hides_credential_keys_and_uri_passwords():
               "spark.conf.spark.hadoop.fs.s3a.access.key": "AKIA-something",
               "spark.conf.fs.azure.account.key.acct.dfs.core.windows.net": SECRET,
               "tracking.tracking_uri": f"https://alice:{SECRET}@mlflow.example.com",
+              "spark.conf.spark.hadoop.fs.s3a.encryption.key": SECRET,
+              "spark.conf.spark.hadoop.fs.s3a.server-side-encryption.key": SECRET,
+              "spark.conf.spark.io.encryption.keySizeBits": 256,
               "db.password": SECRET, "api_token": SECRET, "train.epochs": 3,
               "tracking.run_name": "keep me", "data.output_dir": "s3a://bucket/path"}
     safe = redact(params)
     assert SECRET not in repr(safe) and "AKIA" not in repr(safe)
     assert safe["tracking.tracking_uri"] == "https://***@mlflow.example.com"
     assert safe["train.epochs"] == 3 and safe["tracking.run_name"] == "keep me"
+    assert safe["spark.conf.spark.io.encryption.keySizeBits"] == 256  # a size, not a key
     assert safe["data.output_dir"] == "s3a://bucket/path"
 
 

@@ -15,6 +15,8 @@ ACCEPTED_FORMATS = ("JPEG", "MPO", "PNG")  # MPO: multi-picture JPEG from phone 
 # Modes that decode to one channel without conversion; colour modes (RGB, RGBA, P, CMYK, ...)
 # become 3 channels, dropping alpha (training never uses it) and expanding palettes.
 _GRAY_MODES = ("1", "L", "LA", "I;16", "I;16B", "I;16L", "I;16N")
+# EXIF orientations that turn the stored image by 90 degrees (width and height swap).
+_TRANSPOSED = (5, 6, 7, 8)
 
 
 class ImageDecodeError(ValueError):
@@ -46,7 +48,9 @@ def decode_image(content: bytes, color_mode: str, size: tuple[int, int] | None =
 
     color_mode "keep" returns the file's own channel count (1 or 3); "grayscale" / "rgb"
     convert with Pillow (ITU-R 601-2 luma for grayscale). Content whose format is not in
-    `formats` is rejected. Raises ImageDecodeError.
+    `formats` is rejected. Raises ImageDecodeError, also for whatever else a decoder raises on
+    malformed content (struct.error, IndexError, cv2.error, ...): kind "corrupt or truncated",
+    with the exception's type and message.
     """
     from PIL import Image, UnidentifiedImageError
 
@@ -63,9 +67,15 @@ def decode_image(content: bytes, color_mode: str, size: tuple[int, int] | None =
             if size is not None and img.format in ("JPEG", "MPO"):
                 # Let libjpeg decode at 1/2, 1/4 or 1/8 scale when the target is that much
                 # smaller: most of the decode cost of large photos, no visible loss after resize.
-                img.draft(img.mode, (size[1], size[0]))
+                # draft takes (width, height) as stored, i.e. before the EXIF rotation.
+                target = (size[1], size[0])
+                if _orientation(img) in _TRANSPOSED:
+                    target = (size[0], size[1])
+                img.draft(img.mode, target)
             img.load()  # decodes now, so truncated files fail here rather than later
             array = _to_array(_upright(img), color_mode)
+            if size is not None:
+                array = resize(array, size)
     except UnidentifiedImageError as exc:
         raise ImageDecodeError(bad_input.CORRUPT, "not a readable image file") from exc
     except Image.DecompressionBombError as exc:
@@ -77,9 +87,23 @@ def decode_image(content: bytes, color_mode: str, size: tuple[int, int] | None =
             raise
         # Pillow reports truncation as OSError and broken PNG chunks as SyntaxError/ValueError.
         raise ImageDecodeError(bad_input.CORRUPT, f"cannot decode: {exc}") from exc
-    if size is not None:
-        array = resize(array, size)
+    except MemoryError:
+        raise  # the machine, not the file, is the problem
+    except Exception as exc:  # noqa: BLE001 - malformed content can make a decoder raise anything
+        raise ImageDecodeError(bad_input.CORRUPT, f"cannot decode: {error_name(exc)}: {exc}"
+                               ) from exc
     return array
+
+
+def error_name(exc: BaseException) -> str:
+    """The exception's type as a reader can look it up: TypeError, struct.error, cv2.error."""
+    kind = type(exc)
+    module = kind.__module__
+    return kind.__qualname__ if module in ("builtins", None) else f"{module}.{kind.__qualname__}"
+
+
+def _orientation(img) -> int:
+    return img.getexif().get(0x0112, 1)  # 0x0112: EXIF Orientation; 1 = already upright
 
 
 def _upright(img):
@@ -87,7 +111,7 @@ def _upright(img):
     in the EXIF orientation tag how to turn them."""
     from PIL import ImageOps
 
-    if img.getexif().get(0x0112, 1) != 1:  # 0x0112: Orientation; 1 = already upright
+    if _orientation(img) != 1:
         return ImageOps.exif_transpose(img)
     return img
 

@@ -113,10 +113,30 @@ def prepare_dataset(spark, config: DataConfig) -> dict:
     for split in SPLITS:
         info = manifest["splits"][split]
         log.info("wrote %s: %d examples in %d files", split, info["count"], info["files"])
+    _warn_classes_without_training_examples(manifest)
     if manifest["skipped"]["count"]:
         log.warning("skipped %d bad input items (listed in %s): %s", manifest["skipped"]["count"],
                     output.child(MANIFEST).display, manifest["skipped"]["by_reason"])
     return manifest
+
+
+def _warn_classes_without_training_examples(manifest: dict) -> list:
+    """Log a WARNING naming the classes the train split holds no example of (a small data.limit,
+    or a class with too few usable images to survive the split); return their names. Not an
+    error: small limits are how quick trials and tests run."""
+    splits = manifest["splits"]
+    missing = [name for name, n in splits["train"]["per_class"].items() if n == 0]
+    if missing:
+        shown = ", ".join(missing[:20]) + (f", … ({len(missing)} in all)" if len(missing) > 20
+                                           else "")
+        counts = ", ".join(f"{s} {splits[s]['count']}" for s in SPLITS)
+        limit = manifest["source"].get("limit")
+        log.warning("%d of %d classes have no training examples: %s (split counts: %s%s); a model "
+                    "trained on this dataset never sees them. Raise data.limit, add images, or "
+                    "lower data.validation_fraction / data.test_fraction", len(missing),
+                    manifest["num_classes"], shown, counts,
+                    f"; data.limit={limit}" if limit else "")
+    return missing
 
 
 def _array_plan(config: DataConfig):

@@ -53,6 +53,13 @@ class Location:
         return self.path if self.is_local else self.uri
 
     @property
+    def spark_uri(self) -> str:
+        """The form to hand Spark (Hadoop's Path): a local path as an unencoded file:// URI,
+        since Hadoop quotes what a URI needs quoted itself and would read the "%20" of `uri`
+        as a literal directory name; any other URI as it is."""
+        return "file://" + self.path if self.is_local else self.uri
+
+    @property
     def name(self) -> str:
         return posixpath.basename(self.path.rstrip("/"))
 
@@ -230,7 +237,9 @@ def staging_for(final: Location) -> Location:
 def commit(staging: Location, final: Location, last: str | None = None) -> None:
     """Put the finished `staging` directory at `final`, replacing what is there.
 
-    Local: rename (atomic); an existing `final` is first renamed aside, then deleted.
+    Local: rename (atomic); an existing `final` is first renamed aside, then deleted. If
+    putting `staging` in place fails, the old dataset is renamed back before the error is
+    raised, so a failed --overwrite never loses it.
     Remote: `final`'s `last` file (the manifest) is deleted first, so the old dataset stops
     being valid before any of its files change; then the old files are deleted, the staged
     files copied with `last` copied at the very end, and the staging prefix removed.
@@ -239,8 +248,16 @@ def commit(staging: Location, final: Location, last: str | None = None) -> None:
         target = Path(final.path)
         if target.exists():
             trash = target.parent / f".{target.name}.old-{uuid.uuid4().hex[:8]}"
-            target.rename(trash)
-            os.rename(staging.path, target)
+            os.rename(target, trash)
+            try:
+                os.rename(staging.path, target)
+            except BaseException as exc:
+                try:
+                    os.rename(trash, target)  # put the old dataset back, then report the failure
+                except OSError as restore:
+                    raise OSError(f"replacing {target} failed ({exc}) and the old dataset could "
+                                  f"not be put back ({restore}); it is kept at {trash}") from exc
+                raise
             shutil.rmtree(trash)
         else:
             os.rename(staging.path, target)

@@ -37,6 +37,11 @@ class SparkWriteError(RuntimeError):
     """The Spark job that encodes and writes the splits failed; the cause is chained."""
 
 
+class MissingRowsError(SparkWriteError):
+    """A split's Parquet files (as the driver sees them) hold fewer or more rows than were
+    written to it: typically executors wrote to a directory the driver does not share."""
+
+
 def row_spark_schema(schema):
     from pyspark.sql.types import StringType, StructField, StructType
     fields = list(schema.as_spark_schema().fields)
@@ -127,15 +132,17 @@ def write_array_splits(spark, staging, schema, plan: dict, target_mb: int,
         raise SparkWriteError(f"writing {', '.join(plan)} failed: {_first_line(exc)}") from exc
     file_schema = row_arrow_schema(schema)
     stats = {}
-    for split in plan:
+    for split, (indices, _, _) in plan.items():
         staging.child(split).makedirs()
-        stats[split] = finish_split(staging.child(split), schema, file_schema)
+        stats[split] = finish_split(staging.child(split), schema, file_schema, len(indices))
     return stats
 
 
-def write_frame_splits(frame, staging, schema, splits: list, target_mb: int) -> dict:
+def write_frame_splits(frame, staging, schema, splits: dict, target_mb: int) -> dict:
     """Write a DataFrame of rows (Unischema columns + split) partitioned by split, in one job,
-    then move <staging>/.rows/split=<name> to <staging>/<name> and add Petastorm metadata."""
+    then move <staging>/.rows/split=<name> to <staging>/<name> and add Petastorm metadata.
+
+    splits: {split: rows it must hold}, checked against what the driver finds written."""
     from nnfund_spark.data.storage import commit
 
     rows_dir = staging.child(".rows")
@@ -145,7 +152,7 @@ def write_frame_splits(frame, staging, schema, splits: list, target_mb: int) -> 
          # (Petastorm keeps its own metadata), without touching the session's config.
          .option("parquet.block.size", str(target_mb << 20))
          .option("parquet.summary.metadata.level", "NONE")
-         .parquet(rows_dir.uri))
+         .parquet(rows_dir.spark_uri))  # unencoded: Hadoop reads "%20" literally
     except Exception as exc:  # py4j/PySpark wrap executor errors in several exception types
         raise SparkWriteError(f"writing {', '.join(splits)} failed: "
                               f"{_first_line(exc)}") from exc
@@ -157,21 +164,25 @@ def write_frame_splits(frame, staging, schema, splits: list, target_mb: int) -> 
             commit(written, target)
         else:  # Spark writes no directory for a split without rows
             target.makedirs()
-        stats[split] = finish_split(target, schema, row_arrow_schema(schema))
-    rows_dir.remove_tree()
+        stats[split] = finish_split(target, schema, row_arrow_schema(schema), splits[split])
+    if rows_dir.exists():
+        rows_dir.remove_tree()
     return stats
 
 
-def finish_split(split_dir, schema, file_schema) -> dict:
+def finish_split(split_dir, schema, file_schema, expected_rows: int) -> dict:
     """Write Petastorm's _common_metadata for one split (a storage.Location); return its files,
     row groups, bytes.
 
     file_schema: the Arrow schema of an empty file, written when the split has no rows.
+    expected_rows: rows written to the split; MissingRowsError when its files hold another count.
     """
     import pyarrow.parquet as pq
     from petastorm.etl.dataset_metadata import ROW_GROUPS_PER_FILE_KEY, UNISCHEMA_KEY
 
     files = [f for f in split_dir.files(".parquet") if not f.name.startswith((".", "_"))]
+    if not files and expected_rows:
+        _check_rows(split_dir, 0, expected_rows)
     if not files:
         # An empty split (e.g. validation_fraction=0) still gets a valid Parquet file with the
         # schema and no row group, so it reads as "no rows" rather than "no dataset".
@@ -179,19 +190,31 @@ def finish_split(split_dir, schema, file_schema) -> dict:
         with empty.open("wb") as handle:
             pq.ParquetWriter(handle, file_schema).close()
         files = [empty]
-    row_groups, size, arrow_schema = {}, 0, None
+    row_groups, size, rows, arrow_schema = {}, 0, 0, None
     for file in files:
         with file.open("rb") as handle:
             meta = pq.read_metadata(handle)
         row_groups[file.name] = meta.num_row_groups
+        rows += meta.num_rows
         arrow_schema = arrow_schema or meta.schema.to_arrow_schema()
         size += file.size()
+    _check_rows(split_dir, rows, expected_rows)
     metadata = dict(arrow_schema.metadata or {})
     metadata[UNISCHEMA_KEY] = pickle.dumps(schema)
     metadata[ROW_GROUPS_PER_FILE_KEY] = json.dumps(row_groups).encode()
     with split_dir.child("_common_metadata").open("wb") as handle:
         pq.write_metadata(arrow_schema.with_metadata(metadata), handle)
     return {"files": len(files), "row_groups": sum(row_groups.values()), "bytes": size}
+
+
+def _check_rows(split_dir, found: int, expected: int) -> None:
+    if found != expected:
+        raise MissingRowsError(
+            f"split '{split_dir.name}': the driver finds {found} rows in {split_dir.display} but "
+            f"{expected} were written; the executors most likely wrote their files where the "
+            f"driver cannot see them. data.output_dir must be one location shared by the driver "
+            f"and every executor (local mode, NFS, /dbfs, or a URI such as s3a://...), not a "
+            f"node-local disk")
 
 
 def _first_line(exc: Exception) -> str:

@@ -155,6 +155,9 @@ def run_predict(spark, config: PredictConfig) -> dict:
     if count != expected:
         log.warning("scored %d examples but the manifest lists %d for split %s", count,
                     expected, split)
+    if count == 0:
+        log.warning("split %s of %s holds 0 examples: nothing was scored and accuracy is not "
+                    "computed", split, root.display)
     matrix = confusion_counts(written, num_classes) if has_label else None
     accuracy = float(matrix.trace()) / count if matrix is not None and count else None
     summary = {
@@ -217,6 +220,8 @@ def format_summary(summary: dict) -> str:
     """The lines `nnfund-spark predict` prints."""
     head = (f"predicted {summary['count']} {summary['split']} images with {summary['model_uri']}"
             f" -> {summary['output_uri']}")
+    if summary["count"] == 0:
+        return head + " (the split holds 0 examples: accuracy not computed)"
     if summary["accuracy"] is None:
         return head + " (no labels: accuracy not computed)"
     run = f", MLflow run {summary['mlflow_run_id']}" if summary["mlflow_run_id"] else ""

@@ -89,13 +89,27 @@ def first_layer_filters_figure(model):
     return fig
 
 
+def _activated(layer):
+    """The layer that ends a conv block: the zoo's blocks name the normalization and activation
+    after their conv (``conv1`` -> ``conv1_bn`` -> ``conv1_leaky_relu``), so follow the single
+    consumer while it carries that prefix. A conv with its activation folded in is its own end."""
+    end = layer
+    while len(end.outbound_nodes) == 1:
+        following = end.outbound_nodes[0].outbound_layer
+        if not following.name.startswith(f"{layer.name}_"):
+            break
+        end = following
+    return end
+
+
 def activation_maps(model, images: np.ndarray) -> list[tuple[str, np.ndarray]]:
-    """Each conv layer's output for the given images: [(layer name, (N, H, W, C) array)]."""
+    """Each conv block's activations (after its normalization and activation) for the given
+    images: [(conv layer name, (N, H, W, C) array)]."""
     import tensorflow as tf
     convs = _conv_layers(model)
     if not convs:
         return []
-    probe = tf.keras.Model(model.inputs, [layer.output for layer in convs])
+    probe = tf.keras.Model(model.inputs, [_activated(layer).output for layer in convs])
     outputs = probe(images.astype(np.float32), training=False)
     outputs = outputs if isinstance(outputs, (list, tuple)) else [outputs]
     return [(layer.name, np.asarray(out)) for layer, out in zip(convs, outputs)]

@@ -18,9 +18,11 @@ from nnfund_spark.config import TrackingConfig
 # spark.hadoop.fs.s3a.secret.key or a Databricks token).
 # ("auth" but not "author"; "sas" as a word of a dotted key, as in Azure's
 # spark.hadoop.fs.azure.sas.<container>.<account>.blob.core.windows.net.)
+# A key ending in "key" as a word (fs.s3a.encryption.key, fs.s3a.server-side-encryption.key:
+# an SSE-C key) is a credential too.
 _SECRET_KEY = re.compile(r"(token|secret|passw|credential|auth(?!or)|private|access[._-]?key|"
-                         r"api[._-]?key|sas[._-]?key|account[._-]?key|(^|[._-])sas([._-]|$))",
-                         re.I)
+                         r"api[._-]?key|sas[._-]?key|account[._-]?key|encryption[._-]?key([._-]|$)|"
+                         r"(^|[._-])key$|(^|[._-])sas([._-]|$))", re.I)
 # user:password@ in URIs (a tracking server or storage URL with inline credentials). Everything
 # up to the first @ goes: secrets such as AWS secret keys may contain '/', so the user info is
 # not assumed to stop at one (a URI whose path holds an @ loses more than it must, never less).

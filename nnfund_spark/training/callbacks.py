@@ -35,6 +35,26 @@ def sharded_evaluate(model, images, labels, num_classes: int, collectives,
 sharded_evaluate.calls = 0
 
 
+def averaged_state(model) -> list:
+    """The model's floating-point state outside the gradients: batch norm's moving mean and
+    variance. Each rank updates it from its own batches, so it drifts apart across ranks."""
+    return [v for v in model.non_trainable_variables if v.dtype.is_floating]
+
+
+class AverageModelState(tf.keras.callbacks.Callback):
+    """At every epoch end, before any evaluation or checkpoint, set the model's non-trainable
+    state (batch norm statistics) to its mean over the ranks: then every rank holds the model
+    rank 0 checkpoints and logs, and the sharded evaluation measures that model."""
+
+    def __init__(self, collectives):
+        super().__init__()
+        self.collectives = collectives
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.collectives.average_variables(averaged_state(self.model),
+                                           name=f"model_state_{epoch}")
+
+
 class ShardedEvaluation(tf.keras.callbacks.Callback):
     """Evaluate on each rank's validation shard at epoch end and put exact totals in the logs."""
 

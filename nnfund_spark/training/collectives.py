@@ -61,6 +61,9 @@ class Solo:
     def broadcast_variables(self, variables) -> None:
         return None
 
+    def average_variables(self, variables, name: str) -> None:
+        return None
+
     def metric_average_callbacks(self) -> list:
         return []
 
@@ -93,6 +96,17 @@ class HorovodCollectives:
         import horovod.tensorflow as hvd_tf
 
         hvd_tf.broadcast_variables(variables, root_rank=0)
+
+    def average_variables(self, variables, name: str) -> None:
+        """Set each variable to its mean over the ranks (one grouped allreduce)."""
+        import horovod.tensorflow as hvd_tf
+
+        if not variables:
+            return
+        averaged = hvd_tf.grouped_allreduce([v.read_value() for v in variables],
+                                            op=hvd_tf.Average, name=name)
+        for variable, value in zip(variables, averaged):
+            variable.assign(value)
 
     def metric_average_callbacks(self) -> list:
         # Report train metrics averaged over ranks, not rank 0's alone.

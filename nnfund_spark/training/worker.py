@@ -167,11 +167,12 @@ def _train(settings: dict) -> dict:
     from nnfund_spark.models import build_model
     from nnfund_spark.training import checkpoint, collectives
     from nnfund_spark.training.augment import make_augmenter
-    from nnfund_spark.training.callbacks import (DeadReluMonitor, EarlyStopper, EpochClock,
+    from nnfund_spark.training.callbacks import (AverageModelState, DeadReluMonitor,
+                                                  EarlyStopper, EpochClock,
                                                   EpochLogger, FaultInjection, LearningRateLogger,
                                                   MlflowEpochLogger, ShardedEvaluation,
                                                   StepTableRate, TARGET_METRIC,
-                                                  sharded_evaluate)
+                                                  averaged_state, sharded_evaluate)
     from nnfund_spark.training.metrics import relu_layers
     from nnfund_spark.training.optimizers import make_loss, make_optimizer
     from nnfund_spark.training.schedules import scaled_base_lr, schedule_function
@@ -268,8 +269,10 @@ def _train(settings: dict) -> dict:
     # No callback below has a per-batch hook, and Keras runs train.steps_per_execution steps
     # per call of the compiled train function: Python runs once per that many steps.
     # The clock stops after the metric averaging and before any evaluation below.
-    callbacks = [LearningRateLogger(rate), *world.metric_average_callbacks(),
-                 EpochClock(sum(shard_sizes))]
+    callbacks = [LearningRateLogger(rate), *world.metric_average_callbacks()]
+    if size > 1 and averaged_state(model):
+        callbacks.append(AverageModelState(world))
+    callbacks.append(EpochClock(sum(shard_sizes)))
     if "validation" in settings["split_urls"]:
         callbacks.append(ShardedEvaluation(shards["validation"][1:], num_classes, world,
                                            batch_size=512, prefix="val_"))

@@ -110,7 +110,7 @@ def list_files(spark, root: str, classes: list[str], config) -> tuple:
 
 def _decode_rows(schemas: dict, color_mode: str, size: tuple, formats: tuple, rows):
     # Runs on the executors: one file's bytes in, its stored image and metadata out.
-    from nnfund_spark.data.images import ImageDecodeError, decode_image
+    from nnfund_spark.data.images import ImageDecodeError, decode_image, error_name
     from nnfund_spark.data.writer import encode_image
 
     for path, index, label, content in rows:
@@ -119,6 +119,15 @@ def _decode_rows(schemas: dict, color_mode: str, size: tuple, formats: tuple, ro
             image = decode_image(bytes(content), color_mode, size, formats)
         except ImageDecodeError as exc:
             yield (index, label, None, 0, digest, exc.kind, str(exc), [0, 0, 0], [0, 0, 0])
+            continue
+        except MemoryError:
+            raise  # the executor, not the file, is the problem
+        except Exception as exc:  # noqa: BLE001 - any other failure on one file is that file's
+            # A malformed file can make a decoder raise anything (struct.error, IndexError,
+            # cv2.error, ...): record it as this file's problem rather than fail the job
+            # without naming the file; the driver reports it with the file's path.
+            yield (index, label, None, 0, digest, bi.CORRUPT,
+                   f"cannot decode: {error_name(exc)}: {exc}", [0, 0, 0], [0, 0, 0])
             continue
         flat = image.reshape(-1, image.shape[-1]).astype(np.int64)
         sums = flat.sum(axis=0).tolist() + [0] * (3 - image.shape[-1])
@@ -199,7 +208,7 @@ def _write(spark, decoded, members: dict, meta: dict, schema, staging, target_mb
         else:
             parts.append(frame.coalesce(files))
     return write_frame_splits(functools.reduce(DataFrame.union, parts), staging, schema,
-                              list(members), target_mb)
+                              {split: len(ids) for split, (_, ids) in members.items()}, target_mb)
 
 
 def prepare_image_folder(spark, config, staging) -> dict:
@@ -210,7 +219,7 @@ def prepare_image_folder(spark, config, staging) -> dict:
         formats = formats_for(config.extensions)
     except ValueError as exc:
         raise DataSourceError(str(exc)) from exc
-    spark_filesystem(spark, staging.uri)  # Spark's Parquet writer writes the splits there
+    spark_filesystem(spark, staging.spark_uri)  # Spark's Parquet writer writes the splits there
     root, classes = list_classes(spark, config.raw_dir)
     files, candidates, bad = list_files(spark, root, classes, config)
     total = len(candidates) + len(bad)
