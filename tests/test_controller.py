@@ -151,3 +151,21 @@ def test_the_executors_are_asked_for_the_daemon_of_the_drivers_mpi(monkeypatch, 
     monkeypatch.setattr(subprocess, "run", lambda *a, **k: subprocess.CompletedProcess(
         a, 0, stdout=version, stderr=""))
     assert launcher.mpi_daemon() == daemon
+
+
+def test_mpich_or_intel_mpi_means_gloo_for_auto_and_a_refusal_for_mpi(monkeypatch, caplog):
+    """horovod.spark launches ranks with Open MPI's mpirun options and environment: with
+    another MPI's mpirun on the PATH, auto picks Gloo (saying why) and mpi is refused."""
+    monkeypatch.setattr(launcher, "wait_for_horovod_build_check", lambda: None)
+    monkeypatch.setattr(launcher, "mpi_missing", lambda: [])
+    monkeypatch.setattr(launcher, "mpi_daemon", lambda: "hydra_pmi_proxy")
+    with caplog.at_level("WARNING"):
+        assert launcher.resolve_controller("auto") == "gloo"
+    assert "using Gloo; MPI needs Open MPI's mpirun" in caplog.text
+    with pytest.raises(ValueError, match=r"train.controller=mpi needs Open MPI's mpirun "
+                                         r"\(horovod.spark runs ranks through Open MPI only; the "
+                                         r"mpirun on this PATH is MPICH or Intel MPI\); or use "
+                                         r"train.controller=gloo"):
+        launcher.resolve_controller("mpi")
+    monkeypatch.setattr(launcher, "mpi_daemon", lambda: "orted")
+    assert launcher.resolve_controller("auto") == "mpi" == launcher.resolve_controller("mpi")

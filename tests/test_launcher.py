@@ -126,6 +126,17 @@ def test_killed_worker_fails_fast_then_resume_continues_the_same_run(spark, smal
         with pytest.raises(ValueError, match=f"{message}; resume with train.{setting}={kept}"):
             run_training(spark, config)
         setattr(config.train, setting, kept)
+    # ... and so is a resume that would train something else than the run's params say (the
+    # checkpoint stores the train.* settings that define the training), naming each change.
+    assert latest["recipe"]["learning_rate"] == config.train.learning_rate
+    assert "epochs" not in latest["recipe"] and "num_proc" not in latest["recipe"]
+    config.train.learning_rate, config.train.optimizer = 0.1, "sgd"
+    with pytest.raises(ValueError, match=r"ckpt: resume must train what the checkpointed run "
+                                         r"trained; changed: train.learning_rate: 0.001 in the "
+                                         r"checkpointed run, 0.1 now; train.optimizer: 'adam' "
+                                         r"in the checkpointed run, 'sgd' now\. Set these back"):
+        run_training(spark, config)
+    config.train.learning_rate, config.train.optimizer = 0.001, "adam"
     # ... and a training split that now gives another number of steps per epoch is refused by
     # the ranks, which count the steps (the checkpoint says 30 for this one attempt).
     meta_path = checkpoints / (checkpoints / "latest").read_text().strip() / "meta.json"
@@ -348,3 +359,17 @@ def test_accumulating_k_batches_equals_one_batch_k_times_larger():
     assert result["kept_plain"] is True and result["wrapped_plain"] is False
     assert result["max_difference"] < 1e-5
     assert result["max_difference_looped"] < 1e-5
+
+
+def test_a_rank_whose_error_cannot_be_tagged_still_raises_its_own(monkeypatch, tmp_path, capfd):
+    """Recording a rank's error on the MLflow run is best effort: when the store cannot be
+    reached, the rank's own exception still propagates, and stderr says why the tag is missing."""
+    from nnfund_spark.training import worker
+
+    def fails(settings):
+        raise KeyError("history")
+    monkeypatch.setattr(worker, "_train", fails)
+    unreachable = f"sqlite:///{tmp_path}/no-such-directory/mlflow.db"
+    with pytest.raises(KeyError, match="history"):
+        worker.train_worker({"mlflow_run_id": "0" * 32, "tracking_uri": unreachable})
+    assert "could not record its error on the MLflow run" in capfd.readouterr().err

@@ -156,3 +156,98 @@ axes: {{train.model_options.filters: [[8], [8, 8, 8, 8]]}}
                                          r"conv/pool stages do not fit \(28, 28, 1\) images"):
         run_sweep(spark, sweep)
     assert not MlflowClient(uri).search_experiments(filter_string="name = 'nnfund_spark'")
+
+
+def test_each_trial_gets_its_own_checkpoint_subdirectory(tmp_path):
+    """<train.checkpoint_dir>/<trial name>, also in what the Databricks location check sees."""
+    from nnfund_spark.cli import _locations_both_sides_use
+
+    sweep = load_sweep(write(tmp_path / "s.yaml", f"""
+set: {{train.checkpoint_dir: "{tmp_path}/ckpt/"}}
+axes: {{train.optimizer: [adam, sgd]}}
+"""))
+    dirs = [t.config.train.checkpoint_dir for t in sweep.trials]
+    assert dirs == [f"{tmp_path}/ckpt/optimizer=adam", f"{tmp_path}/ckpt/optimizer=sgd"]
+    paths, _ = _locations_both_sides_use("sweep", None, sweep, None)
+    assert [paths[f"{t.name}: train.checkpoint_dir"] for t in sweep.trials] == dirs
+    # without a checkpoint directory nothing is made up
+    assert load_sweep(write(tmp_path / "n.yaml", "axes: {train.optimizer: [adam]}\n")
+                      ).trials[0].config.train.checkpoint_dir is None
+    with pytest.raises(ConfigError, match=r"trial 'output_dir=/x': with train.checkpoint_dir "
+                                          r"set, the trial name is the name of its checkpoint "
+                                          r"subdirectory; 'output_dir=/x' is not a directory "
+                                          r"name \(no '/'"):
+        load_sweep(write(tmp_path / "b.yaml", f"""
+set: {{train.checkpoint_dir: "{tmp_path}/ckpt"}}
+axes: {{data.output_dir: [/x]}}
+"""))
+
+
+def test_sweep_checkpoints_per_trial_and_resume_trial_by_trial(spark, small_mnist, tmp_path,
+                                                               monkeypatch, caplog):
+    """Each trial checkpoints into its own subdirectory; a failed trial keeps its error's type
+    (credentials redacted) and logs its traceback; a rerun without resume is refused for every
+    trial before anything trains; with train.resume=true a finished trial is skipped, an
+    interrupted one continues its own MLflow run (and gets model.parameters, which the
+    interrupted job never logged), and one that never started trains fresh."""
+    from mlflow.tracking import MlflowClient
+
+    from nnfund_spark.experiments.runner import SweepFailedError, run_sweep
+    from nnfund_spark.training import checkpoint, launcher
+
+    out, _ = small_mnist
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    ckpt = tmp_path / "ckpt"
+    base = write(tmp_path / "base.yaml", f"""
+data: {{output_dir: "{out}"}}
+train: {{num_proc: 1, epochs: 1, batch_size: 64, model: mlp, checkpoint_dir: "{ckpt}"}}
+tracking: {{tracking_uri: "{uri}", experiment: ckpt_sweep, log_artifacts: false,
+           log_model: false}}
+""")
+    two = write(tmp_path / "two.yaml", f"""
+name: two
+base: {base.name}
+trials: [{{name: a, set: {{train.optimizer: adam}}}}, {{name: b, set: {{train.optimizer: sgd}}}}]
+""")
+    rebuild = launcher.rebuild_model
+
+    def dies_for_b(weights, config, manifest):  # trial b's job dies after its checkpoint
+        if config.train.checkpoint_dir.endswith("/b"):
+            raise KeyError("history at https://user:secret@example.com/x")
+        return rebuild(weights, config, manifest)
+
+    monkeypatch.setattr(launcher, "rebuild_model", dies_for_b)
+    with pytest.raises(SweepFailedError) as err:
+        run_sweep(spark, load_sweep(two))
+    assert "1 of 2 trials failed: b: KeyError: 'history at https://***@example.com/x'" \
+        in str(err.value)
+    logged = caplog.text
+    assert "Traceback" in logged and "dies_for_b" in logged and "secret" not in logged
+    monkeypatch.setattr(launcher, "rebuild_model", rebuild)
+    a_meta, b_meta = checkpoint.latest(ckpt / "a"), checkpoint.latest(ckpt / "b")
+    assert a_meta["epoch"] == b_meta["epoch"] == 1
+    assert a_meta["mlflow_run_id"] != b_meta["mlflow_run_id"]
+
+    # Without resume every trial's directory is refused before anything trains.
+    with pytest.raises(ValueError, match=r"2 of 2 trials cannot run; nothing was trained: "
+                                         r"a: .*already holds checkpoints.*; b: "):
+        run_sweep(spark, load_sweep(two))
+
+    three = write(tmp_path / "three.yaml", two.read_text().replace(
+        "}}]", "}}, {name: c, set: {train.optimizer: rmsprop}}]"))
+    sweep = load_sweep(three, ["train.resume=true"])
+    sweep.trials[1].config.train.epochs = 2  # b trains one more epoch
+    summary = run_sweep(spark, sweep)
+    status = {r["trial"]: r["status"] for r in summary["rows"]}
+    assert status == {"a": "SKIPPED", "b": "FINISHED", "c": "FINISHED"}
+    runs = {r["trial"]: r["run_id"] for r in summary["rows"]}
+    assert runs["a"] == a_meta["mlflow_run_id"] and runs["b"] == b_meta["mlflow_run_id"]
+    client = MlflowClient(uri)
+    b_run = client.get_run(runs["b"])
+    assert b_run.info.status == "FINISHED" and b_run.data.tags["resumed_from_epoch"] == "1"
+    assert int(b_run.data.params["model.parameters"]) > 0
+    assert checkpoint.latest(ckpt / "b")["epoch"] == 2
+    c_run = client.get_run(runs["c"])
+    assert c_run.data.params["train.checkpoint_dir"] == f"{ckpt}/c"
+    assert checkpoint.latest(ckpt / "c")["mlflow_run_id"] == runs["c"]
+    assert summary["best_trial"] in ("b", "c")

@@ -214,3 +214,32 @@ def test_logging_the_model_prints_no_progress_bar(tmp_path, capfd):
     assert info.run_id == run.info.run_id
     loaded = mlflow.tensorflow.load_model(info.model_uri)
     assert loaded.input_shape == (None, 4, 4, 1)
+
+
+def test_artifacts_without_a_test_split_and_no_figure_left_open(tmp_path):
+    """Only the confusion matrix needs the test split (confusion None: there is none); the
+    curves, summary, activation plot and conv views are still logged, and every figure is
+    closed once logged."""
+    import matplotlib.pyplot as plt
+    import mlflow
+    import numpy as np
+
+    from nnfund_spark.models.zoo import build_model
+    from nnfund_spark.tracking.run_logging import log_training_artifacts
+
+    model = build_model("lenet5", (28, 28, 1), 10)
+    history = {"loss": [1.0, 0.5], "val_loss": [1.1, 0.6], "accuracy": [0.5, 0.8],
+               "val_accuracy": [0.4, 0.7]}
+    images = np.zeros((2, 28, 28, 1), dtype=np.float32)
+    plt.close("all")
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path}/mlflow.db")
+    with mlflow.start_run() as run:
+        log_training_artifacts(model, history, None, [str(i) for i in range(10)], images)
+    assert plt.get_fignums() == []
+    client = mlflow.MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
+    logged = {a.path for folder in ("", "plots", "convolutions")
+              for a in client.list_artifacts(run.info.run_id, folder or None)}
+    assert {"model_summary.txt", "plots/learning_curves.png", "plots/activation_relu.png",
+            "convolutions/first_layer_filters.png", "convolutions/activation_maps.png",
+            "convolutions/activation_stats.json"} <= logged
+    assert "plots/confusion_matrix.png" not in logged and "tables" not in logged

@@ -2,16 +2,42 @@
 from __future__ import annotations
 
 import logging
+import traceback
 
 from nnfund_spark.experiments.sweep import (Sweep, best_trial, comparison_rows, rows_to_csv,
                                             rows_to_markdown)
-from nnfund_spark.tracking.mlflow_utils import redact_uri, resolve_tracking_uri, start_job_run
+from nnfund_spark.tracking.mlflow_utils import (error_text, redact_uri, resolve_tracking_uri,
+                                                start_job_run)
 
 log = logging.getLogger(__name__)
 
 
 class SweepFailedError(RuntimeError):
     pass
+
+
+def _finished_earlier(train) -> str | None:
+    """With train.resume=true a sweep resumes trial by trial, each from its own checkpoint
+    subdirectory: a trial that never wrote a checkpoint starts fresh (its train.resume is set
+    false), an interrupted one continues its own MLflow run, and one whose checkpoints already
+    hold a finished run (all epochs, or a met target or early-stopping rule) is not trained
+    again. Returns why such a trial is skipped, else None."""
+    from nnfund_spark.data.storage import local_path
+    from nnfund_spark.training import checkpoint
+    from nnfund_spark.training.launcher import _refuse_finished_by_history
+
+    meta = checkpoint.latest(local_path(train.checkpoint_dir))
+    if meta is None:
+        train.resume = False
+        return None
+    if meta["epoch"] >= train.epochs:
+        return (f"{train.checkpoint_dir} already holds all {meta['epoch']} epochs "
+                f"(train.epochs={train.epochs}) of MLflow run {meta['mlflow_run_id']}")
+    try:
+        _refuse_finished_by_history(train, meta)
+    except ValueError as exc:
+        return f"{exc} (MLflow run {meta['mlflow_run_id']})"
+    return None
 
 
 def run_sweep(spark, sweep: Sweep) -> dict:
@@ -22,15 +48,23 @@ def run_sweep(spark, sweep: Sweep) -> dict:
     import mlflow
 
     from nnfund_spark.tracking.artifacts import comparison_figure
-    from nnfund_spark.training.launcher import preflight, run_training
+    from nnfund_spark.training.launcher import preflight, resume_point, run_training
 
     # A trial whose config cannot train on its dataset (an empty split it needs, a model that
-    # does not fit the images) is refused with the others before the sweep starts, not hours
+    # does not fit the images) or whose checkpoint subdirectory it cannot use (another run's
+    # checkpoints without resume) is refused with the others before the sweep starts, not hours
     # into it.
-    refused = []
+    refused, skipped = [], {}
     for trial in sweep.trials:
         try:
             preflight(trial.config)
+            train = trial.config.train
+            if train.resume and train.checkpoint_dir:
+                reason = _finished_earlier(train)
+                if reason:
+                    skipped[trial.name] = reason
+                    continue
+            resume_point(train)
         except (ValueError, FileNotFoundError) as exc:
             refused.append(f"{trial.name}: {redact_uri(str(exc))}")
     if refused:
@@ -46,12 +80,20 @@ def run_sweep(spark, sweep: Sweep) -> dict:
         for trial in sweep.trials:
             trial.config.tracking.experiment = first.tracking.experiment
             trial.config.tracking.tracking_uri = tracking_uri
+            if trial.name in skipped:
+                log.warning("sweep %s: trial %s not trained again: %s", sweep.name, trial.name,
+                            redact_uri(skipped[trial.name]))
+                results.append(_skipped_result(trial, skipped[trial.name]))
+                continue
             log.info("sweep %s: trial %s", sweep.name, trial.name)
             try:
                 summary = run_training(spark, trial.config, run_name=trial.name)
             except Exception as exc:  # recorded in the table and re-raised below
-                error = redact_uri(str(exc))  # it can quote a location with credentials
-                log.error("trial %s failed: %s", trial.name, error)
+                # Type and message (KeyError('history') is just 'history' as a str), without
+                # the credentials a quoted location can hold; the traceback goes to the log.
+                error = error_text(exc, 5000)
+                log.error("trial %s failed: %s\n%s", trial.name, error,
+                          redact_uri("".join(traceback.format_exception(exc))))
                 results.append({"trial": trial.name, "status": "FAILED", "error": error})
                 continue
             mlflow.MlflowClient(tracking_uri).set_tag(summary["run_id"], "sweep.trial", trial.name)
@@ -79,10 +121,21 @@ def run_sweep(spark, sweep: Sweep) -> dict:
                 version = mlflow.register_model(best["model_uri"], sweep.register_best)
                 mlflow.set_tag("sweep.registered_model",
                                f"{sweep.register_best} v{version.version}")
-        failed = [r["trial"] for r in results if r["status"] != "FINISHED"]
+        failed = [r for r in results if r["status"] == "FAILED"]
         if failed:
             raise SweepFailedError(f"{len(failed)} of {len(results)} trials failed: "
-                                   + "; ".join(f"{r['trial']}: {r['error']}" for r in results
-                                               if r["status"] != "FINISHED"))
+                                   + "; ".join(f"{r['trial']}: {r['error']}" for r in failed))
     return {"parent_run_id": parent.info.run_id, "tracking_uri": tracking_uri, "rows": rows,
             "best_trial": best["trial"] if best else None}
+
+
+def _skipped_result(trial, reason: str) -> dict:
+    """A trial a resumed sweep did not train again: its row carries the checkpointed history and
+    MLflow run id; it is not a candidate for the best trial (this sweep has no test metrics or
+    model of it)."""
+    from nnfund_spark.data.storage import local_path
+    from nnfund_spark.training import checkpoint
+
+    meta = checkpoint.latest(local_path(trial.config.train.checkpoint_dir))
+    return {"trial": trial.name, "status": "SKIPPED", "error": redact_uri(reason),
+            "run_id": meta["mlflow_run_id"], "history": meta.get("history") or {}}

@@ -129,10 +129,24 @@ def load_sweep(path: str | Path, extra_overrides: list[str] = ()) -> Sweep:
             config = load_config(base, shared + _as_overrides(chosen, f"trial {name}"))
         except ConfigError as exc:
             raise ConfigError(f"{path}: trial '{name}': {exc}") from exc
+        if config.train.checkpoint_dir:
+            config.train.checkpoint_dir = trial_checkpoint_dir(
+                config.train.checkpoint_dir, name, f"{path}: trial '{name}'")
         sweep.trials.append(Trial(name, dict(chosen), config))
         varied.update(chosen)
     sweep.varied_keys = sorted(varied)
     return sweep
+
+
+def trial_checkpoint_dir(checkpoint_dir: str, name: str, where: str) -> str:
+    """A trial's own checkpoint directory: <train.checkpoint_dir>/<trial name>, so trials never
+    share (or resume) one another's checkpoints."""
+    if "/" in name or "\\" in name or name in (".", ".."):
+        raise ConfigError(f"{where}: with train.checkpoint_dir set, the trial name is the "
+                          f"name of its checkpoint subdirectory; '{name}' is not a directory "
+                          f"name (no '/' or '\\', not '.' or '..'): list it under 'trials:' "
+                          f"with such a 'name:'")
+    return checkpoint_dir.rstrip("/") + "/" + name
 
 
 def comparison_rows(results: list[dict]) -> list[dict]:

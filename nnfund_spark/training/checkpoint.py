@@ -39,10 +39,11 @@ def latest(directory: str | Path) -> Optional[dict]:
 
 
 def save(directory: str | Path, epoch: int, model, history: dict, run_id: Optional[str],
-         shape: Optional[dict] = None) -> Path:
+         shape: Optional[dict] = None, recipe: Optional[dict] = None) -> Path:
     """Write model + optimizer state after `epoch` (1-based count of completed epochs).
     `shape` (world_size, batch_size, steps_per_epoch) is what the learning-rate schedule and the
-    optimizer's step count were laid out for; a resume must match it."""
+    optimizer's step count were laid out for; a resume must match it. `recipe`: the train.*
+    settings that define what is trained (launcher.training_recipe), which a resume must keep."""
     import tensorflow as tf
 
     directory = Path(directory)
@@ -54,7 +55,7 @@ def save(directory: str | Path, epoch: int, model, history: dict, run_id: Option
         tf.train.Checkpoint(model=model, optimizer=model.optimizer).write(str(staging / "state"))
         (staging / "meta.json").write_text(json.dumps(
             {"epoch": epoch, "history": history, "mlflow_run_id": run_id,
-             "shape": shape or {}}, indent=2))
+             "shape": shape or {}, "recipe": recipe}, indent=2))
         final = directory / name
         if final.exists():
             shutil.rmtree(final)

@@ -209,6 +209,43 @@ def resume_point(train) -> dict | None:
     return None
 
 
+# Settings a resume may change: how long and where to train, how the ranks run and how much
+# they print. Every other train.* setting defines what is trained (model, loss, optimizer, rate
+# schedule, regularization, augmentation, seed...). num_proc and batch_size are checked as the
+# run's shape (_refuse_other_shape).
+RESUMABLE = frozenset({
+    "epochs", "resume", "checkpoint_dir", "num_proc", "max_num_proc", "batch_size", "verbose",
+    "intra_op_threads", "cpu_binding", "cores_per_rank", "start_timeout", "controller", "input",
+    "stream_window", "steps_per_execution", "xla", "log_dead_relu", "early_stopping_patience",
+    "early_stopping_metric", "target_accuracy", "target_split"})
+
+
+def training_recipe(train) -> dict:
+    """The train.* settings a checkpoint was trained with that a resume must keep, as JSON
+    values (what the checkpoint's meta.json stores)."""
+    import json
+
+    values = to_dict(train)
+    return json.loads(json.dumps({k: v for k, v in values.items() if k not in RESUMABLE}))
+
+
+def _refuse_other_recipe(train, meta: dict) -> None:
+    """A resume continues the checkpointed run: another model, optimizer, learning rate or
+    regularization would train something the run's MLflow params do not describe (and an
+    optimizer without the checkpoint's slots fails deep inside TensorFlow)."""
+    saved = meta.get("recipe")
+    if saved is None:  # a checkpoint written before the recipe was stored
+        return
+    now = training_recipe(train)
+    changed = [f"train.{key}: {saved.get(key)!r} in the checkpointed run, {now.get(key)!r} now"
+               for key in sorted(set(saved) | set(now)) if saved.get(key) != now.get(key)]
+    if changed:
+        raise ValueError(f"{train.checkpoint_dir}: resume must train what the checkpointed run "
+                         f"trained; changed: {'; '.join(changed)}. Set these back (only "
+                         f"{', '.join('train.' + k for k in sorted(RESUMABLE - {'resume'}))} "
+                         f"may change), or start a new run in an empty train.checkpoint_dir")
+
+
 def _refuse_other_shape(train, meta: dict, num_proc: int) -> None:
     """The learning-rate schedule (warm-up, decay) is a table over the whole run's steps,
     indexed by the optimizer's step count, and its peak is scaled by the ranks: a resume with
@@ -338,6 +375,7 @@ def worker_settings(config: JobConfig, manifest: dict, dataset_dir: Location) ->
         "steps_per_execution": train.steps_per_execution,
         "input": train.input, "stream_window": train.stream_window,
         "target_accuracy": train.target_accuracy, "target_split": train.target_split,
+        "recipe": training_recipe(train),
     }
 
 
@@ -402,6 +440,7 @@ def run_training(spark, config: JobConfig, extra_settings: dict | None = None,
     resume = resume_point(config.train)
     if resume:
         _refuse_other_shape(config.train, resume, num_proc)
+        _refuse_other_recipe(config.train, resume)
     controller = resolve_controller(config.train.controller, spark, num_proc)
     tracking_uri = resolve_tracking_uri(config.tracking)
 
@@ -467,15 +506,22 @@ def run_training(spark, config: JobConfig, extra_settings: dict | None = None,
                                   "test_confusion")} for r in results]
         mlflow.log_dict(sorted(per_rank, key=lambda r: r["rank"]), "ranks.json")
         model = rebuild_model(rank0["weights"], config, manifest)
-        if not resume:
+        # A resumed run has it unless the interrupted job died before this line.
+        if not resume or "model.parameters" not in mlflow.MlflowClient(tracking_uri).get_run(
+                run.info.run_id).data.params:
             mlflow.log_param("model.parameters", model.count_params())
         model_uri = None
         if config.tracking.log_model:
             model_uri = log_keras_model(model, manifest).model_uri
-        if config.tracking.log_artifacts and rank0["test_count"]:
-            log_training_artifacts(model, rank0["history"], rank0["test_confusion"],
+        if config.tracking.log_artifacts:
+            # Only the confusion matrix needs a test split; the activation maps' images come
+            # from the first split with rows (split_urls holds only those; train always does).
+            images_from = next(split for split in ("test", "validation", "train")
+                               if split in settings["split_urls"])
+            log_training_artifacts(model, rank0["history"],
+                                   rank0["test_confusion"] if rank0["test_count"] else None,
                                    manifest["class_names"],
-                                   sample_images(settings["split_urls"]["test"]),
+                                   sample_images(settings["split_urls"][images_from]),
                                    config.train.activation, config.train.activation_params)
 
     for result in results:
@@ -514,8 +560,8 @@ def _worker_env(mpi: bool = False) -> dict:
 def resolve_controller(choice: str, spark=None, num_proc: int = 1) -> str:
     """The controller the ranks will use: "gloo" or "mpi".
 
-    "auto" is mpi when this driver's Horovod was built with MPI and mpirun is on the PATH,
-    and (given the session, on a cluster) the executors that answer a probe of ``num_proc``
+    "auto" is mpi when this driver's Horovod was built with MPI and Open MPI's mpirun is on the
+    PATH (horovod.spark supports no other MPI), and (given the session, on a cluster) the executors that answer a probe of ``num_proc``
     tasks have the daemon that mpirun starts ranks through (``mpi_daemon``), else gloo. An
     explicit "mpi" that cannot run is refused before any rank starts, naming what is missing
     and where."""
@@ -523,8 +569,15 @@ def resolve_controller(choice: str, spark=None, num_proc: int = 1) -> str:
         return "gloo"
     wait_for_horovod_build_check()  # it may be running mpi_built right now
     missing = mpi_missing()
-    daemon = mpi_daemon() if not missing and spark is not None else None
-    if daemon:
+    daemon = mpi_daemon() if not missing else None
+    if daemon == "hydra_pmi_proxy":
+        # horovod.spark drives mpirun with Open MPI's options (-mca plm_rsh_agent) and reads
+        # each rank's number from Open MPI's environment (OMPI_COMM_WORLD_RANK).
+        missing = ["Open MPI's mpirun (horovod.spark runs ranks through Open MPI only; the "
+                   "mpirun on this PATH is MPICH or Intel MPI)"]
+        if choice == "auto":
+            log.warning("train.controller=auto: using Gloo; MPI needs %s", missing[0])
+    elif daemon and spark is not None:
         hosts = executors_without(spark, daemon, num_proc)
         if hosts:
             missing = [f"MPI on every executor: no {daemon} on the executors' PATH on "

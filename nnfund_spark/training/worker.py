@@ -147,8 +147,13 @@ def train_worker(settings: dict) -> dict:
             from nnfund_spark.training.collectives import launcher_value
             rank = launcher_value("rank", -1)
             rank = rank if rank >= 0 else "unknown"
-            MlflowClient(settings["tracking_uri"]).set_tag(
-                settings["mlflow_run_id"], f"error.rank{rank}", error_text(exc, 4000))
+            try:
+                MlflowClient(settings["tracking_uri"]).set_tag(
+                    settings["mlflow_run_id"], f"error.rank{rank}", error_text(exc, 4000))
+            except Exception as tagging:  # e.g. the tracking server is unreachable from here
+                # The rank's own error goes on, not this one; say why the tag is missing.
+                print(f"rank {rank}: could not record its error on the MLflow run "
+                      f"({error_text(tagging, 500)})", file=sys.stderr, flush=True)
         raise
 
 
@@ -336,7 +341,8 @@ def _train(settings: dict) -> dict:
             history.setdefault(key, []).extend(float(v) for v in values)
         if rank == 0 and settings.get("checkpoint_dir"):
             checkpoint.save(settings["checkpoint_dir"], epoch + 1, model, history,
-                            settings.get("mlflow_run_id"), shape=run_shape)
+                            settings.get("mlflow_run_id"), shape=run_shape,
+                            recipe=settings.get("recipe"))
         # Validation and test metrics are allreduced, so every rank takes the same decision.
         if target is not None and history.get(target_key, [0.0])[-1] >= target:
             target_epoch = epoch + 1
