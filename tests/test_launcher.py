@@ -373,3 +373,16 @@ def test_a_rank_whose_error_cannot_be_tagged_still_raises_its_own(monkeypatch, t
     with pytest.raises(KeyError, match="history"):
         worker.train_worker({"mlflow_run_id": "0" * 32, "tracking_uri": unreachable})
     assert "could not record its error on the MLflow run" in capfd.readouterr().err
+
+
+def test_rank_seeds_are_unrelated_across_ranks_and_resumes():
+    from nnfund_spark.training.worker import derived_seed
+
+    assert derived_seed(42, 0, 0) == 42  # rank 0's initial weights: plain Keras' with seed 42
+    seeds = {(rank, first): derived_seed(42, rank, first) for rank in range(8)
+             for first in range(4)}
+    assert len(set(seeds.values())) == len(seeds)  # no two ranks or resumes share a stream
+    assert derived_seed(42, 1, 0) == derived_seed(42, 1, 0) != derived_seed(43, 1, 0)
+    # the augmentation layers take base + 1..5: no layer of one rank shares another's seed
+    layer_seeds = [{seeds[rank, 0] + k for k in range(1, 6)} for rank in range(8)]
+    assert sum(len(s) for s in layer_seeds) == len(set().union(*layer_seeds))

@@ -243,3 +243,32 @@ def test_artifacts_without_a_test_split_and_no_figure_left_open(tmp_path):
             "convolutions/first_layer_filters.png", "convolutions/activation_maps.png",
             "convolutions/activation_stats.json"} <= logged
     assert "plots/confusion_matrix.png" not in logged and "tables" not in logged
+
+
+def test_a_dataset_without_test_split_still_gets_its_artifacts(spark, tmp_path):
+    """data.test_fraction=0: no confusion matrix, but curves, summary, activation plot and the
+    conv views (activation maps on validation images) are logged."""
+    from mlflow.tracking import MlflowClient
+
+    from nnfund_spark.config import DataConfig
+    from nnfund_spark.data.prepare import prepare_dataset
+    from tests.test_sources_image_folder import make_folder
+
+    root, out = tmp_path / "images", tmp_path / "ds"
+    make_folder(root)
+    manifest = prepare_dataset(spark, DataConfig(
+        source="image_folder", raw_dir=str(root), output_dir=str(out), image_size=[28, 28],
+        color_mode="grayscale", validation_fraction=0.25, test_fraction=0.0))
+    assert manifest["splits"]["test"]["count"] == 0
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    config = load_config(None, [
+        f"data.output_dir={out}", "train.num_proc=1", "train.epochs=1", "train.batch_size=8",
+        "train.model=lenet5", f"tracking.tracking_uri={uri}", "tracking.log_model=false"])
+    summary = run_training(spark, config)
+    assert summary["test_count"] == 0
+    client = MlflowClient(uri)
+    logged = {a.path for folder in (None, "plots", "convolutions")
+              for a in client.list_artifacts(summary["run_id"], folder)}
+    assert {"model_summary.txt", "plots/learning_curves.png", "plots/activation_relu.png",
+            "convolutions/first_layer_filters.png", "convolutions/activation_maps.png"} <= logged
+    assert "plots/confusion_matrix.png" not in logged and "tables" not in logged

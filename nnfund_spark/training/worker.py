@@ -133,6 +133,21 @@ def distribute_optimizer(optimizer, size: int, backward_passes_per_step: int = 1
                                     average_aggregated_gradients=True)
 
 
+def derived_seed(seed: int, rank: int, first_epoch: int = 0) -> int:
+    """The seed of a rank's random draws (dropout, augmentation) in a job starting at
+    `first_epoch`. Rank 0 of a fresh job takes `seed` itself, so its initial weights are the
+    ones plain Keras draws with that seed; every other (rank, first epoch) gets a seed mixed
+    from all three, so ranks draw unrelated streams (the augmentation layers' seeds, base + 1..5,
+    do not coincide across ranks as seed + rank would make them) and a resumed job does not
+    replay the draws of the job's first epochs."""
+    import numpy as np
+
+    if rank == 0 and first_epoch == 0:
+        return int(seed)
+    state = np.random.SeedSequence([int(seed), int(rank), int(first_epoch)]).generate_state(1)
+    return int(state[0] & 0x7FFFFFFF)
+
+
 def train_worker(settings: dict) -> dict:
     """Entry point of every rank. A rank's exception is recorded on the job's MLflow run
     (tag error.rank<N>) before it propagates, so the driver can report the worker's own error
@@ -195,8 +210,11 @@ def _train(settings: dict) -> dict:
     tf.config.threading.set_intra_op_parallelism_threads(threads)
     # inter-op = intra-op: a rank then uses exactly `threads` cores and ranks do not contend.
     tf.config.threading.set_inter_op_parallelism_threads(threads)
-    # Weights are broadcast from rank 0, so per-rank seeds only change shuffling and dropout.
-    tf.keras.utils.set_random_seed(settings["seed"] + rank)
+    # Weights are broadcast from rank 0, so per-rank seeds only change dropout and augmentation
+    # (the shuffling has its own seeds, per epoch and rank).
+    first_epoch = (settings.get("resume_from") or {}).get("epoch", 0)
+    rank_seed = derived_seed(settings["seed"], rank, first_epoch)
+    tf.keras.utils.set_random_seed(rank_seed)
 
     started = time.time()
     stream = settings.get("input") == "stream"
@@ -239,7 +257,7 @@ def _train(settings: dict) -> dict:
                   jit_compile=bool(settings.get("xla")),
                   steps_per_execution=settings.get("steps_per_execution", 1))
     augmenter = make_augmenter(settings["augment"], manifest["image_shape"],
-                               settings["seed"] + rank) if settings["augment"] else None
+                               rank_seed) if settings["augment"] else None
 
     history: dict = {}
     first_epoch = 0
