@@ -39,6 +39,8 @@ def test_sharded_evaluation_of_one_rank_is_exact():
     assert result["loss"] == pytest.approx(
         float(-np.log(probabilities[np.arange(50), labels]).mean()), rel=1e-5)
     assert np.array(result["confusion"]).sum(axis=1).tolist() == np.bincount(labels, minlength=3).tolist()
+    with pytest.raises(ValueError, match="the test split is empty on every rank"):
+        sharded_evaluate(model, None, np.zeros(0, np.int32), 3, collectives.Solo(), split="test")
 
 
 @pytest.mark.parametrize("env, expected", [

@@ -9,7 +9,7 @@ import tensorflow as tf
 
 
 def sharded_evaluate(model, images, labels, num_classes: int, collectives,
-                     batch_size: int = 512) -> dict:
+                     batch_size: int = 512, split: str = "evaluation") -> dict:
     """Exact loss, accuracy and confusion matrix over the union of all ranks' shards: sums and
     counts are allreduced (``collectives``: training.collectives), so unequal shard sizes are
     weighted correctly. Every rank must call it (it is a collective), even with an empty
@@ -27,7 +27,7 @@ def sharded_evaluate(model, images, labels, num_classes: int, collectives,
     confusion = totals[1:].reshape(num_classes, num_classes).round().astype(np.int64)
     count = int(confusion.sum())
     if count == 0:
-        raise ValueError("evaluation split is empty on every rank")
+        raise ValueError(f"the {split} split is empty on every rank")
     return {"loss": float(totals[0]) / count, "accuracy": float(np.trace(confusion)) / count,
             "count": count, "confusion": confusion.tolist()}
 
@@ -70,7 +70,8 @@ class ShardedEvaluation(tf.keras.callbacks.Callback):
 
     def on_epoch_end(self, epoch, logs=None):
         result = sharded_evaluate(self.model, self.images, self.labels, self.num_classes,
-                                  self.collectives, self.batch_size)
+                                  self.collectives, self.batch_size,
+                                  "validation" if self.prefix == "val_" else "test")
         self.last, self.last_epoch = result, epoch
         if logs is not None:
             logs[f"{self.prefix}loss"] = result["loss"]

@@ -56,19 +56,35 @@ def save(directory: str | Path, epoch: int, model, history: dict, run_id: Option
         (staging / "meta.json").write_text(json.dumps(
             {"epoch": epoch, "history": history, "mlflow_run_id": run_id,
              "shape": shape or {}, "recipe": recipe}, indent=2))
+        # On disk before any name points at it: after a crash of the node, 'latest' never
+        # names a checkpoint whose files were still only in the page cache.
+        _sync(*staging.rglob("*"), staging)
         final = directory / name
         if final.exists():
             shutil.rmtree(final)
         staging.rename(final)
+        _sync(directory)
     finally:
         if staging.exists():
             shutil.rmtree(staging)
     pointer_tmp = directory / f".latest.tmp-{uuid.uuid4().hex[:8]}"
     pointer_tmp.write_text(name + "\n")
+    _sync(pointer_tmp)
     os.replace(pointer_tmp, directory / "latest")
+    _sync(directory)
     for old in sorted(directory.glob("epoch-*"))[:-KEEP]:
         shutil.rmtree(old, ignore_errors=True)
     return final
+
+
+def _sync(*paths: Path) -> None:
+    """fsync files and directories (a directory's fsync makes the renames in it durable)."""
+    for path in paths:
+        descriptor = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(descriptor)
+        finally:
+            os.close(descriptor)
 
 
 def restore(path: str | Path, model) -> None:

@@ -197,8 +197,9 @@ class StreamedShard:
             del indices, images, labels  # the window goes before the next one is read
         left = len(carried[0]) if carried is not None else 0
         if step != steps or left:
-            raise RuntimeError(f"streamed {step} of {steps} batches with {left} "
-                               f"examples left over: the shard changed while it was read")
+            raise RuntimeError(f"{self.split.display}, rank {rank}, epoch {epoch + 1}: streamed "
+                               f"{step} of {steps} batches with {left} examples left over: the "
+                               f"shard changed while it was read")
 
 
 def stream_dataset(shard: StreamedShard, image_shape, steps: int, seed: int, epoch: int,

@@ -372,7 +372,8 @@ def _train(settings: dict) -> dict:
     if test_evaluation is not None and test_evaluation.last_epoch == epoch:
         test = test_evaluation.last  # the final weights were just evaluated on the test split
     elif "test" in settings["split_urls"]:
-        test = sharded_evaluate(model, *shards["test"][1:], num_classes, world, batch_size=512)
+        test = sharded_evaluate(model, *shards["test"][1:], num_classes, world, batch_size=512,
+                                split="test")
     else:
         test = {"loss": None, "accuracy": None, "count": 0, "confusion": None}
     if tensorboard_dir:
