@@ -195,9 +195,12 @@ def test_training_against_a_tracking_server_and_no_secret_logged(spark, small_mn
     assert np.asarray(model.predict(np.zeros((2, 28, 28, 1), np.float32))).shape == (2, 10)
 
 
-def test_logging_the_model_prints_no_progress_bar(tmp_path, capfd):
+def test_logging_the_model_prints_no_progress_bar(tmp_path, capfd, caplog):
     """MLflow checks the input example by predicting with the logged model; the job's stdout
-    must still end with our own lines only, and Keras' own setting is left as it was."""
+    must still end with our own lines only (no progress bar, no Keras warning that the
+    inference model was saved uncompiled), and Keras' own settings are left as they were."""
+    import logging
+
     import mlflow
     import tensorflow as tf
 
@@ -206,10 +209,13 @@ def test_logging_the_model_prints_no_progress_bar(tmp_path, capfd):
     model = tf.keras.Sequential([tf.keras.Input((4, 4, 1)), tf.keras.layers.Flatten(),
                                  tf.keras.layers.Dense(2)])
     mlflow.set_tracking_uri(f"sqlite:///{tmp_path}/mlflow.db")
+    level = logging.getLogger("tensorflow").level
     with mlflow.start_run() as run:
         info = log_keras_model(model, {"image_shape": [4, 4, 1]})
     out = capfd.readouterr().out
     assert "step" not in out and "ETA" not in out, out
+    assert "compiled" not in caplog.text, caplog.text
+    assert logging.getLogger("tensorflow").level == level
     assert tf.keras.utils.is_interactive_logging_enabled()
     assert info.run_id == run.info.run_id
     loaded = mlflow.tensorflow.load_model(info.model_uri)

@@ -54,7 +54,10 @@ def _load_model(local_path: str):
     model = _MODEL_CACHE.get(local_path)
     if model is None:
         _MODEL_CACHE.clear()
-        model = mlflow.pyfunc.load_model(local_path)
+        from nnfund_spark.tracking.mlflow_utils import quiet_model_loading
+
+        with quiet_model_loading():
+            model = mlflow.pyfunc.load_model(local_path)
         _MODEL_CACHE[local_path] = model
         if "keras" in sys.modules:
             # MLflow's Keras wrapper calls predict() with Keras' default progress bar: one line

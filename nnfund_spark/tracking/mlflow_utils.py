@@ -6,6 +6,7 @@ the working directory), so nothing needs a server; ``tracking.tracking_uri`` in 
 """
 from __future__ import annotations
 
+import logging
 import os
 import re
 from contextlib import contextmanager
@@ -27,6 +28,21 @@ _SECRET_KEY = re.compile(r"(token|secret|passw|credential|auth(?!or)|private|acc
 # up to the first @ goes: secrets such as AWS secret keys may contain '/', so the user info is
 # not assumed to stop at one (a URI whose path holds an @ loses more than it must, never less).
 _URI_USERINFO = re.compile(r"(?P<scheme>[a-z][a-z0-9+.-]*://)[^@\s]+@", re.I)
+
+
+@contextmanager
+def quiet_model_loading() -> Iterator[None]:
+    """Keras' warnings while MLflow loads a logged model ("No training configuration found in
+    save file, so the model was *not* compiled", "compiled metrics have yet to be built") at
+    ERROR level only: the logged model is for inference (predict, pyfunc), never compiled, and
+    the warnings would otherwise land in every job's and every scoring executor's log."""
+    logger = logging.getLogger("tensorflow")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
 
 
 def redact_uri(text: str) -> str:

@@ -11,7 +11,8 @@ import time
 from nnfund_spark.config import JobConfig, flatten, to_dict
 from nnfund_spark.data.prepare import SPLITS, log_manifest_to_mlflow, read_manifest
 from nnfund_spark.data.storage import Location, local_path, resolve
-from nnfund_spark.tracking.mlflow_utils import (redact, resolve_tracking_uri, run_tags,
+from nnfund_spark.tracking.mlflow_utils import (quiet_model_loading, redact,
+                                                resolve_tracking_uri, run_tags,
                                                 start_job_run)
 
 log = logging.getLogger(__name__)
@@ -407,8 +408,9 @@ def log_keras_model(model, manifest: dict):
     interactive = tf.keras.utils.is_interactive_logging_enabled()
     tf.keras.utils.disable_interactive_logging()
     try:
-        return mlflow.tensorflow.log_model(model, signature=signature, input_example=example,
-                                           **location)
+        with quiet_model_loading():  # MLflow loads the model back to check the example
+            return mlflow.tensorflow.log_model(model, signature=signature, input_example=example,
+                                               **location)
     finally:
         if interactive:
             tf.keras.utils.enable_interactive_logging()
