@@ -130,16 +130,20 @@ def test_ranks_read_a_dataset_whose_path_has_a_space(small_mnist, tmp_path):
     from nnfund_spark.config import load_config
     from nnfund_spark.data.storage import resolve
     from nnfund_spark.training.launcher import worker_settings
-    from nnfund_spark.training.pipeline import read_shard
+    from nnfund_spark.training.pipeline import StreamedShard, read_shard
 
     out, manifest = small_mnist
-    spaced = tmp_path / "my data" / "mnist"
+    spaced = tmp_path / "my data é" / "mnist"
     shutil.copytree(out, spaced)
     config = load_config(None, [f"data.output_dir={spaced}"])
     urls = worker_settings(config, manifest, resolve(spaced))["split_urls"]
     counts = {split: sum(len(read_shard(url, rank, 2)[0]) for rank in (0, 1))
               for split, url in urls.items()}
     assert counts == {split: manifest["splits"][split]["count"] for split in urls}
+    # ... and so does the streamed reader (train.input: stream), footers and row groups alike
+    streamed = [StreamedShard(urls["train"], rank, 2, window=2) for rank in (0, 1)]
+    assert sum(shard.count for shard in streamed) == manifest["splits"]["train"]["count"]
+    assert sum(len(shard.indices()) for shard in streamed) == manifest["splits"]["train"]["count"]
 
 
 def test_streamed_shards_give_the_in_memory_batches_sizes_and_every_example_once(small_mnist,
