@@ -563,8 +563,9 @@ def resolve_controller(choice: str, spark=None, num_proc: int = 1) -> str:
     """The controller the ranks will use: "gloo" or "mpi".
 
     "auto" is mpi when this driver's Horovod was built with MPI and Open MPI's mpirun is on the
-    PATH (horovod.spark supports no other MPI), and (given the session, on a cluster) the executors that answer a probe of ``num_proc``
-    tasks have the daemon that mpirun starts ranks through (``mpi_daemon``), else gloo. An
+    PATH (horovod.spark supports no other MPI), and (given the session, on a cluster) the
+    executors that answer a probe of ``num_proc`` tasks have the daemon that mpirun starts
+    ranks through (``mpi_daemon``), else gloo. An
     explicit "mpi" that cannot run is refused before any rank starts, naming what is missing
     and where."""
     if choice == "gloo":
