@@ -16,27 +16,29 @@ class SweepFailedError(RuntimeError):
     pass
 
 
-def _finished_earlier(train) -> str | None:
+def _finished_earlier(trial) -> dict | None:
     """With train.resume=true a sweep resumes trial by trial, each from its own checkpoint
     subdirectory: a trial that never wrote a checkpoint starts fresh (its train.resume is set
     false), an interrupted one continues its own MLflow run, and one whose checkpoints already
     hold a finished run (all epochs, or a met target or early-stopping rule) is not trained
-    again. Returns why such a trial is skipped, else None."""
+    again. Returns such a trial's SKIPPED result (why, and its checkpointed history and run),
+    else None."""
     from nnfund_spark.data.storage import local_path
     from nnfund_spark.training import checkpoint
-    from nnfund_spark.training.launcher import _refuse_finished_by_history
+    from nnfund_spark.training.launcher import refuse_finished
 
+    train = trial.config.train
     meta = checkpoint.latest(local_path(train.checkpoint_dir))
     if meta is None:
         train.resume = False
         return None
-    if meta["epoch"] >= train.epochs:
-        return (f"{train.checkpoint_dir} already holds all {meta['epoch']} epochs "
-                f"(train.epochs={train.epochs}) of MLflow run {meta['mlflow_run_id']}")
     try:
-        _refuse_finished_by_history(train, meta)
+        refuse_finished(train, meta)
     except ValueError as exc:
-        return f"{exc} (MLflow run {meta['mlflow_run_id']})"
+        # Not a candidate for the best trial: this sweep has no test metrics or model of it.
+        return {"trial": trial.name, "status": "SKIPPED",
+                "error": redact_uri(f"{exc} (MLflow run {meta['mlflow_run_id']})"),
+                "run_id": meta["mlflow_run_id"], "history": meta.get("history") or {}}
     return None
 
 
@@ -60,9 +62,9 @@ def run_sweep(spark, sweep: Sweep) -> dict:
             preflight(trial.config)
             train = trial.config.train
             if train.resume and train.checkpoint_dir:
-                reason = _finished_earlier(train)
-                if reason:
-                    skipped[trial.name] = reason
+                finished = _finished_earlier(trial)
+                if finished:
+                    skipped[trial.name] = finished
                     continue
             resume_point(train)
         except (ValueError, FileNotFoundError) as exc:
@@ -82,8 +84,8 @@ def run_sweep(spark, sweep: Sweep) -> dict:
             trial.config.tracking.tracking_uri = tracking_uri
             if trial.name in skipped:
                 log.warning("sweep %s: trial %s not trained again: %s", sweep.name, trial.name,
-                            redact_uri(skipped[trial.name]))
-                results.append(_skipped_result(trial, skipped[trial.name]))
+                            skipped[trial.name]["error"])
+                results.append(skipped[trial.name])
                 continue
             log.info("sweep %s: trial %s", sweep.name, trial.name)
             try:
@@ -128,14 +130,3 @@ def run_sweep(spark, sweep: Sweep) -> dict:
     return {"parent_run_id": parent.info.run_id, "tracking_uri": tracking_uri, "rows": rows,
             "best_trial": best["trial"] if best else None}
 
-
-def _skipped_result(trial, reason: str) -> dict:
-    """A trial a resumed sweep did not train again: its row carries the checkpointed history and
-    MLflow run id; it is not a candidate for the best trial (this sweep has no test metrics or
-    model of it)."""
-    from nnfund_spark.data.storage import local_path
-    from nnfund_spark.training import checkpoint
-
-    meta = checkpoint.latest(local_path(trial.config.train.checkpoint_dir))
-    return {"trial": trial.name, "status": "SKIPPED", "error": redact_uri(reason),
-            "run_id": meta["mlflow_run_id"], "history": meta.get("history") or {}}

@@ -198,10 +198,7 @@ def resume_point(train) -> dict | None:
             raise ValueError(f"train.resume=true but {train.checkpoint_dir} {found}; set "
                              f"train.checkpoint_dir to the interrupted run's checkpoint "
                              f"directory, or train.resume=false to start a new run")
-        if meta["epoch"] >= train.epochs:
-            raise ValueError(f"{train.checkpoint_dir} already holds all {meta['epoch']} epochs "
-                             f"(train.epochs={train.epochs}); raise train.epochs to train further")
-        _refuse_finished_by_history(train, meta)
+        refuse_finished(train, meta)
         return meta
     if meta is not None:
         raise ValueError(f"{train.checkpoint_dir} already holds checkpoints of an earlier run "
@@ -260,6 +257,15 @@ def _refuse_other_shape(train, meta: dict, num_proc: int) -> None:
                              f"{shape[key]} {what}, this job has {now}; resume with "
                              f"{setting}={shape[key]} (the learning-rate schedule and the "
                              f"optimizer's step count were laid out for it)")
+
+
+def refuse_finished(train, meta: dict) -> None:
+    """A checkpointed run with nothing left to train under this config: all its epochs done, or
+    its target or early-stopping rule met (ValueError saying which)."""
+    if meta["epoch"] >= train.epochs:
+        raise ValueError(f"{train.checkpoint_dir} already holds all {meta['epoch']} epochs "
+                         f"(train.epochs={train.epochs}); raise train.epochs to train further")
+    _refuse_finished_by_history(train, meta)
 
 
 def _refuse_finished_by_history(train, meta: dict) -> None:

@@ -212,7 +212,8 @@ def _train(settings: dict) -> dict:
     tf.config.threading.set_inter_op_parallelism_threads(threads)
     # Weights are broadcast from rank 0, so per-rank seeds only change dropout and augmentation
     # (the shuffling has its own seeds, per epoch and rank).
-    first_epoch = (settings.get("resume_from") or {}).get("epoch", 0)
+    resume_from = settings.get("resume_from") or {}
+    first_epoch = resume_from.get("epoch", 0)
     rank_seed = derived_seed(settings["seed"], rank, first_epoch)
     tf.keras.utils.set_random_seed(rank_seed)
 
@@ -260,10 +261,9 @@ def _train(settings: dict) -> dict:
                                rank_seed) if settings["augment"] else None
 
     history: dict = {}
-    first_epoch = 0
     run_shape = {"world_size": size, "batch_size": settings["batch_size"],
                  "steps_per_epoch": int(steps)}
-    saved_steps = (settings.get("resume_from") or {}).get("shape", {}).get("steps_per_epoch")
+    saved_steps = resume_from.get("shape", {}).get("steps_per_epoch")
     if saved_steps is not None and saved_steps != steps:
         # The schedule is indexed by the optimizer's step count: resuming with other steps per
         # epoch would put every later epoch at the wrong rate (the driver already checked the world
@@ -271,11 +271,10 @@ def _train(settings: dict) -> dict:
         raise ValueError(f"resume: the checkpoint's run had {saved_steps} steps per epoch, this "
                          f"job has {steps} (the training split changed size); resume needs the "
                          f"same dataset, train.num_proc and train.batch_size")
-    if settings.get("resume_from"):
+    if resume_from:
         # Every rank reads the same checkpoint, so all start from identical weights and slots.
-        checkpoint.restore(settings["resume_from"]["path"], model)
-        first_epoch = settings["resume_from"]["epoch"]
-        history = {k: list(v) for k, v in settings["resume_from"]["history"].items()}
+        checkpoint.restore(resume_from["path"], model)
+        history = {k: list(v) for k, v in resume_from["history"].items()}
     # elapsed_seconds (and time to target) count the run's training time across resumes: a
     # resumed job continues the clock from the checkpoint's last epoch, so the time between
     # the interruption and the rerun (and the lost part of the interrupted epoch) is not in it.
