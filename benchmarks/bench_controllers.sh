@@ -6,6 +6,8 @@
 #   mpi     2 ranks, train.controller=mpi
 #   gloo    2 ranks, train.controller=gloo
 #   mpi8    2 ranks, MPI, one allreduce per 8 batches
+#   poll    2 ranks, MPI, HOROVOD_IDLE_WAIT=0 (stock Horovod's 1 ms polling; the others run
+#           with the launcher's default, idle wait: README "Horovod's idle wait")
 # and prints rank 0's images/s for each epoch (the first pays for tracing).
 #
 #   .venv/bin/nnfund-spark prepare -c conf/mnist.yaml --set data.limit=30000 \
@@ -19,7 +21,7 @@ PY=${PY:-.venv/bin/python}
 LOGS=$(mktemp -d)
 run() {
   local name=$1; shift
-  TF_CPP_MIN_LOG_LEVEL=2 "$PY" -m nnfund_spark.cli train -c mnist_fast --master 'local[2]' \
+  env TF_CPP_MIN_LOG_LEVEL=2 ${RUN_ENV:-} "$PY" -m nnfund_spark.cli train -c mnist_fast --master 'local[2]' \
     --set data.output_dir="$DATASET" --set train.epochs=5 --set train.intra_op_threads=1 \
     --set train.cores_per_rank=1 --set tracking.tracking_uri="sqlite:///$LOGS/mlflow.db" \
     --set tracking.log_model=false --set tracking.log_artifacts=false "$@" \
@@ -32,4 +34,5 @@ for round in $(seq "$ROUNDS"); do
   run "gloo_$round" --set train.num_proc=2 --set train.controller=gloo
   run "mpi8_$round" --set train.num_proc=2 --set train.controller=mpi \
       --set train.backward_passes_per_step=8
+  RUN_ENV=HOROVOD_IDLE_WAIT=0 run "poll_$round" --set train.num_proc=2 --set train.controller=mpi
 done

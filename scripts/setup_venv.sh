@@ -5,6 +5,7 @@
 # because a fresh clone gives every file a new mtime).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+ROOT=$PWD
 
 VENV=${VENV:-.venv}
 PYTHON=${PYTHON:-python3}
@@ -13,7 +14,8 @@ PYTHON=${PYTHON:-python3}
 # README "Controllers"). NNFUND_MPI=0: Gloo only, nothing installed outside the venv.
 NNFUND_MPI=${NNFUND_MPI:-1}
 STAMP="$VENV/.nnfund-installed"
-WANT=$( { cat constraints.txt setup.py scripts/setup_venv.sh; echo "mpi=$NNFUND_MPI"; } \
+HOROVOD_PATCH=scripts/horovod-0.28.1-idle-wait.patch
+WANT=$( { cat constraints.txt setup.py scripts/setup_venv.sh "$HOROVOD_PATCH"; echo "mpi=$NNFUND_MPI"; } \
         | sha256sum | cut -d' ' -f1)
 
 if [[ -x "$VENV/bin/python" ]] && "$VENV/bin/python" -c "import sys" 2>/dev/null \
@@ -79,23 +81,37 @@ if [[ "$NNFUND_MPI" == 1 ]]; then
 else
   WANT_BUILD="h.gloo_built()"; MPI_FLAG=HOROVOD_WITHOUT_MPI=1
 fi
+# The build we want has the controllers and our idle-wait patch (its variable is in the library).
 horovod_has_controllers() {
-  "$VENV/bin/python" -c "import sys, horovod.tensorflow as h; sys.exit(0 if $WANT_BUILD else 1)" \
-    2>/dev/null
+  "$VENV/bin/python" -c "
+import pathlib, sys, horovod.tensorflow as h
+libs = pathlib.Path(h.__file__).parent.glob('mpi_lib*.so')
+patched = any(b'HOROVOD_IDLE_WAIT' in lib.read_bytes() for lib in libs)
+sys.exit(0 if $WANT_BUILD and patched else 1)" 2>/dev/null
 }
 if ! horovod_has_controllers; then
   echo "setup: building Horovod with TensorFlow, Gloo and $MPI_FLAG (3-5 minutes on 2 cores)"
   # Uninstall first and bypass pip's wheel cache: a cached wheel from another build (say,
   # Gloo only) would otherwise be reused, since the build flags are not part of its key.
   "${PIP[@]}" uninstall -q -y horovod 2>/dev/null || true
+  # The pinned sdist with our patch applied (HOROVOD_IDLE_WAIT: the background thread sleeps
+  # while no tensor is queued instead of waking every cycle; see the patch's header).
+  SRC=$(mktemp -d)
+  trap 'rm -rf "$SRC"' EXIT
+  HOROVOD_PIN=$(grep -E '^horovod==' constraints.txt)
+  "${PIP[@]}" download -q --no-deps --no-binary :all: -d "$SRC" "$HOROVOD_PIN"
+  tar -xzf "$SRC"/horovod-*.tar.gz -C "$SRC"
+  (cd "$SRC/horovod-${HOROVOD_PIN#horovod==}" && git apply -p1 "$ROOT/$HOROVOD_PATCH") \
+    || { echo "setup: $HOROVOD_PATCH does not apply to $HOROVOD_PIN" >&2; exit 1; }
   env HOROVOD_WITH_TENSORFLOW=1 HOROVOD_WITHOUT_PYTORCH=1 HOROVOD_WITHOUT_MXNET=1 \
       HOROVOD_WITH_GLOO=1 "$MPI_FLAG" MAKEFLAGS=-j2 \
     "${PIP[@]}" install -q --no-cache-dir --no-build-isolation -c constraints.txt \
-      "horovod[spark,tensorflow-cpu]"
+      "$SRC/horovod-${HOROVOD_PIN#horovod==}[spark,tensorflow-cpu]"
 fi
 "${PIP[@]}" install -q --no-build-isolation -c constraints.txt -e ".[cpu,spark,test]"
 horovod_has_controllers \
-  || { echo "setup: Horovod lacks a controller it should have ($WANT_BUILD)" >&2;
+  || { echo "setup: Horovod lacks a controller it should have ($WANT_BUILD) or the" \
+            "$HOROVOD_PATCH build" >&2;
        "$VENV/bin/horovodrun" --check-build >&2; exit 1; }
 echo "$WANT" > "$STAMP"
 echo "setup: $VENV ready in $(( $(date +%s) - start ))s"

@@ -545,7 +545,10 @@ def run_training(spark, config: JobConfig, extra_settings: dict | None = None,
 
 def _worker_env(mpi: bool = False) -> dict:
     """Environment for mpirun and the rank processes: the driver's, quieter TensorFlow logs,
-    and with MPI:
+    Horovod's idle wait (``HOROVOD_IDLE_WAIT=1``: with the Horovod that ``make setup`` builds,
+    scripts/horovod-0.28.1-idle-wait.patch, the background thread sleeps while no tensor is
+    queued instead of waking every millisecond on the core a rank computes on; a stock Horovod
+    ignores the variable; a user's own value is kept), and with MPI:
 
     - Open MPI's yield-when-idle (a rank waiting in MPI gives its core back instead of spinning
       on it, which on a core shared with the rank's own compute thread costs that thread);
@@ -557,6 +560,7 @@ def _worker_env(mpi: bool = False) -> dict:
       plugin looks for is not used by Open MPI."""
     env = dict(os.environ)
     env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    env.setdefault("HOROVOD_IDLE_WAIT", "1")
     if mpi:
         env.setdefault("OMPI_MCA_mpi_yield_when_idle", "1")
         chosen = [c for c in env.get("HWLOC_COMPONENTS", "").split(",") if c]
