@@ -13,11 +13,19 @@
 #   .venv/bin/nnfund-spark prepare -c conf/mnist.yaml --set data.limit=30000 \
 #       --set data.validation_fraction=0 --set data.output_dir=/tmp/mnist30k
 #   DATASET=/tmp/mnist30k bash benchmarks/bench_controllers.sh
+#   DATASET=/tmp/mnist30k JOBS="solo poll mpi" bash benchmarks/bench_controllers.sh  # a subset
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DATASET=${DATASET:?set DATASET to a prepared MNIST dataset}
 ROUNDS=${ROUNDS:-2}
+JOBS=${JOBS:-solo mpi gloo mpi8 poll}
 PY=${PY:-.venv/bin/python}
+for job in $JOBS; do
+  case $job in
+    solo|mpi|gloo|mpi8|poll) ;;
+    *) echo "unknown job '$job' in JOBS (accepted: solo mpi gloo mpi8 poll)" >&2; exit 2 ;;
+  esac
+done
 LOGS=$(mktemp -d)
 run() {
   local name=$1; shift
@@ -29,10 +37,15 @@ run() {
   echo "$name: $(grep -E 'epoch [0-9]+:' "$LOGS/$name.log" | grep -oE '[0-9]+ img/s' | tr '\n' ' ')"
 }
 for round in $(seq "$ROUNDS"); do
-  run "solo_$round" --set train.num_proc=1
-  run "mpi_$round" --set train.num_proc=2 --set train.controller=mpi
-  run "gloo_$round" --set train.num_proc=2 --set train.controller=gloo
-  run "mpi8_$round" --set train.num_proc=2 --set train.controller=mpi \
-      --set train.backward_passes_per_step=8
-  RUN_ENV=HOROVOD_IDLE_WAIT=0 run "poll_$round" --set train.num_proc=2 --set train.controller=mpi
+  for job in $JOBS; do
+    case $job in
+      solo) run "solo_$round" --set train.num_proc=1 ;;
+      mpi) run "mpi_$round" --set train.num_proc=2 --set train.controller=mpi ;;
+      gloo) run "gloo_$round" --set train.num_proc=2 --set train.controller=gloo ;;
+      mpi8) run "mpi8_$round" --set train.num_proc=2 --set train.controller=mpi \
+              --set train.backward_passes_per_step=8 ;;
+      poll) RUN_ENV=HOROVOD_IDLE_WAIT=0 run "poll_$round" --set train.num_proc=2 \
+              --set train.controller=mpi ;;
+    esac
+  done
 done

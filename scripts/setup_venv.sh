@@ -81,8 +81,12 @@ if [[ "$NNFUND_MPI" == 1 ]]; then
 else
   WANT_BUILD="h.gloo_built()"; MPI_FLAG=HOROVOD_WITHOUT_MPI=1
 fi
-# The build we want has the controllers and our idle-wait patch (its variable is in the library).
+# The build we want has the controllers and our idle-wait patch: its variable is in the library,
+# and the patch it was built from is this checkout's (a changed patch rebuilds Horovod).
+PATCH_MARK="$VENV/.nnfund-horovod-patch"
+PATCH_SUM=$(sha256sum "$HOROVOD_PATCH" | cut -d' ' -f1)
 horovod_has_controllers() {
+  [[ "$(cat "$PATCH_MARK" 2>/dev/null)" == "$PATCH_SUM" ]] || return 1
   "$VENV/bin/python" -c "
 import pathlib, sys, horovod.tensorflow as h
 libs = pathlib.Path(h.__file__).parent.glob('mpi_lib*.so')
@@ -93,6 +97,7 @@ if ! horovod_has_controllers; then
   echo "setup: building Horovod with TensorFlow, Gloo and $MPI_FLAG (3-5 minutes on 2 cores)"
   # Uninstall first and bypass pip's wheel cache: a cached wheel from another build (say,
   # Gloo only) would otherwise be reused, since the build flags are not part of its key.
+  rm -f "$PATCH_MARK"
   "${PIP[@]}" uninstall -q -y horovod 2>/dev/null || true
   # The pinned sdist with our patch applied (HOROVOD_IDLE_WAIT: the background thread sleeps
   # while no tensor is queued instead of waking every cycle; see the patch's header).
@@ -107,6 +112,7 @@ if ! horovod_has_controllers; then
       HOROVOD_WITH_GLOO=1 "$MPI_FLAG" MAKEFLAGS=-j2 \
     "${PIP[@]}" install -q --no-cache-dir --no-build-isolation -c constraints.txt \
       "$SRC/horovod-${HOROVOD_PIN#horovod==}[spark,tensorflow-cpu]"
+  echo "$PATCH_SUM" > "$PATCH_MARK"
 fi
 "${PIP[@]}" install -q --no-build-isolation -c constraints.txt -e ".[cpu,spark,test]"
 horovod_has_controllers \

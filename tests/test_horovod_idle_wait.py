@@ -4,8 +4,11 @@ still wakes it at once. The two-rank training tests run with it on (the launcher
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
+
+import pytest
 
 from nnfund_spark.training import launcher
 
@@ -73,3 +76,54 @@ def test_workers_get_idle_wait_unless_the_user_set_it(monkeypatch):
     assert launcher._worker_env(mpi=False)["HOROVOD_IDLE_WAIT"] == "1"
     monkeypatch.setenv("HOROVOD_IDLE_WAIT", "0")
     assert launcher._worker_env(mpi=False)["HOROVOD_IDLE_WAIT"] == "0"
+
+
+# Two ranks under mpirun: both allreduce once, then rank 0 allreduces a tensor rank 1 never
+# submits while rank 1's Horovod sits idle. Horovod's stall check must still see it and, with
+# a shutdown time set, end rank 0's wait with an error; rank 1 waits for rank 0's verdict file.
+_STALL_PROBE = r"""
+import json, os, pathlib, sys, time
+import horovod.tensorflow as hvd
+import tensorflow as tf
+
+verdict = pathlib.Path(sys.argv[1])
+hvd.init()
+hvd.allreduce(tf.ones([4]), name="together")
+if hvd.rank() == 0:
+    start = time.perf_counter()
+    try:
+        hvd.allreduce(tf.ones([4]), name="only_rank_0")
+        outcome = "completed"
+    except Exception as error:
+        outcome = f"{type(error).__name__}: {error}"
+    verdict.write_text(json.dumps({"seconds": time.perf_counter() - start, "outcome": outcome}))
+else:
+    deadline = time.monotonic() + 40
+    while not verdict.exists() and time.monotonic() < deadline:
+        time.sleep(0.1)
+"""
+
+
+def test_idle_rank_keeps_the_stall_check_working(tmp_path):
+    import horovod.tensorflow as hvd
+
+    if not (hvd.mpi_built() and shutil.which("mpirun")):
+        pytest.skip("needs Horovod built with MPI and mpirun (the stack make setup builds)")
+    env = launcher._worker_env(mpi=True)
+    env.update(HOROVOD_IDLE_WAIT="1", HOROVOD_STALL_CHECK_TIME_SECONDS="1",
+               HOROVOD_STALL_SHUTDOWN_TIME_SECONDS="2", CUDA_VISIBLE_DEVICES="")
+    verdict = tmp_path / "verdict.json"
+    done = subprocess.run(["mpirun", "--allow-run-as-root", "-np", "2", sys.executable, "-c",
+                           _STALL_PROBE, str(verdict)],
+                          env=env, capture_output=True, text=True, timeout=180)
+    assert verdict.exists(), (done.returncode, done.stderr[-3000:])
+    result = json.loads(verdict.read_text())
+    # Rank 1 idles in its 100 ms heartbeat, so rank 0's cycles go on: the stall check warns
+    # after 1 s and shuts Horovod down after 2 s. Without the heartbeat rank 0 would wait for
+    # rank 1 for its whole 40 s.
+    assert result["outcome"] != "completed", result
+    assert "shut down" in result["outcome"].lower(), result
+    assert result["seconds"] < 20, result
+    # The stall check's own report: rank 1 is the one missing, and Horovod shut down for it.
+    assert "Missing ranks:\n1!:" in done.stderr, done.stderr[-3000:]
+    assert "Will shutdown" in done.stderr, done.stderr[-3000:]
