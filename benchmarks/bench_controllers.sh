@@ -18,13 +18,12 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 DATASET=${DATASET:?set DATASET to a prepared MNIST dataset}
 ROUNDS=${ROUNDS:-2}
-JOBS=${JOBS:-solo mpi gloo mpi8 poll}
+ALL_JOBS="solo mpi gloo mpi8 poll"
+JOBS=${JOBS:-$ALL_JOBS}
 PY=${PY:-.venv/bin/python}
 for job in $JOBS; do
-  case $job in
-    solo|mpi|gloo|mpi8|poll) ;;
-    *) echo "unknown job '$job' in JOBS (accepted: solo mpi gloo mpi8 poll)" >&2; exit 2 ;;
-  esac
+  [[ " $ALL_JOBS " == *" $job "* ]] \
+    || { echo "unknown job '$job' in JOBS (accepted: $ALL_JOBS)" >&2; exit 2; }
 done
 LOGS=$(mktemp -d)
 run() {

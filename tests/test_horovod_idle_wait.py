@@ -62,11 +62,11 @@ def _probe(idle_wait: str) -> dict:
 def test_idle_wait_sleeps_while_idle_and_wakes_on_a_queued_tensor():
     polling, waiting = _probe("0"), _probe("1")
     # Polling: the thread wakes about every millisecond (HOROVOD_CYCLE_TIME), ~1,000 switches
-    # in the idle second. Idle wait: only the 100 ms safety recheck and other threads' few.
+    # in the idle second. Idle wait: only the 100 ms heartbeat and other threads' few.
     assert polling["idle_switches"] > 300, polling
     assert waiting["idle_switches"] * 5 < polling["idle_switches"], (waiting, polling)
     # A tensor queued after idleness wakes the thread at once (one 1 ms cycle to gather the
-    # step's tensors), not at the next 100 ms recheck.
+    # step's tensors), not at the next 100 ms heartbeat.
     assert waiting["median_allreduce_s"] < 0.02, waiting
 
 
@@ -82,7 +82,7 @@ def test_workers_get_idle_wait_unless_the_user_set_it(monkeypatch):
 # submits while rank 1's Horovod sits idle. Horovod's stall check must still see it and, with
 # a shutdown time set, end rank 0's wait with an error; rank 1 waits for rank 0's verdict file.
 _STALL_PROBE = r"""
-import json, os, pathlib, sys, time
+import json, pathlib, sys, time
 import horovod.tensorflow as hvd
 import tensorflow as tf
 
