@@ -7,18 +7,21 @@
 #   gloo    2 ranks, train.controller=gloo
 #   mpi8    2 ranks, MPI, one allreduce per 8 batches
 #   poll    2 ranks, MPI, HOROVOD_IDLE_WAIT=0 (stock Horovod's 1 ms polling; the others run
-#           with the launcher's default, idle wait: README "Horovod's idle wait")
+#           with the launcher's default, idle wait with a 0.25 ms hold: README "Horovod's
+#           idle wait")
+#   hold1   2 ranks, MPI, idle wait with HOROVOD_IDLE_WAIT_HOLD=1 (the patch's own default:
+#           a woken thread waits one whole cycle for the rest of the step's gradients)
 # and prints rank 0's images/s for each epoch (the first pays for tracing).
 #
 #   .venv/bin/nnfund-spark prepare -c conf/mnist.yaml --set data.limit=30000 \
 #       --set data.validation_fraction=0 --set data.output_dir=/tmp/mnist30k
 #   DATASET=/tmp/mnist30k bash benchmarks/bench_controllers.sh
-#   DATASET=/tmp/mnist30k JOBS="solo poll mpi" bash benchmarks/bench_controllers.sh  # a subset
+#   DATASET=/tmp/mnist30k JOBS="solo poll hold1 mpi" bash benchmarks/bench_controllers.sh  # a subset
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DATASET=${DATASET:?set DATASET to a prepared MNIST dataset}
 ROUNDS=${ROUNDS:-2}
-ALL_JOBS="solo mpi gloo mpi8 poll"
+ALL_JOBS="solo mpi gloo mpi8 poll hold1"
 JOBS=${JOBS:-$ALL_JOBS}
 PY=${PY:-.venv/bin/python}
 for job in $JOBS; do
@@ -44,6 +47,8 @@ for round in $(seq "$ROUNDS"); do
       mpi8) run "mpi8_$round" --set train.num_proc=2 --set train.controller=mpi \
               --set train.backward_passes_per_step=8 ;;
       poll) RUN_ENV=HOROVOD_IDLE_WAIT=0 run "poll_$round" --set train.num_proc=2 \
+              --set train.controller=mpi ;;
+      hold1) RUN_ENV=HOROVOD_IDLE_WAIT_HOLD=1 run "hold1_$round" --set train.num_proc=2 \
               --set train.controller=mpi ;;
     esac
   done

@@ -81,7 +81,7 @@ if [[ "$NNFUND_MPI" == 1 ]]; then
 else
   WANT_BUILD="h.gloo_built()"; MPI_FLAG=HOROVOD_WITHOUT_MPI=1
 fi
-# The build we want has the controllers and our idle-wait patch: its variable is in the library,
+# The build we want has the controllers and our idle-wait patch: its variables are in the library,
 # and the patch it was built from is this checkout's (a changed patch rebuilds Horovod).
 PATCH_MARK="$VENV/.nnfund-horovod-patch"
 PATCH_SUM=$(sha256sum "$HOROVOD_PATCH" | cut -d' ' -f1)
@@ -90,7 +90,7 @@ horovod_has_controllers() {
   "$VENV/bin/python" -c "
 import pathlib, sys, horovod.tensorflow as h
 libs = pathlib.Path(h.__file__).parent.glob('mpi_lib*.so')
-patched = any(b'HOROVOD_IDLE_WAIT' in lib.read_bytes() for lib in libs)
+patched = any(b'HOROVOD_IDLE_WAIT_HOLD' in lib.read_bytes() for lib in libs)
 sys.exit(0 if $WANT_BUILD and patched else 1)" 2>/dev/null
 }
 if ! horovod_has_controllers; then

@@ -50,9 +50,13 @@ print(json.dumps({"idle_switches": idle, "median_allreduce_s": statistics.median
 """
 
 
-def _probe(idle_wait: str) -> dict:
+def _probe(idle_wait: str, hold_ms: str | None = None) -> dict:
     env = launcher._worker_env(mpi=False)
     env["HOROVOD_IDLE_WAIT"] = idle_wait
+    if hold_ms is None:
+        env.pop("HOROVOD_IDLE_WAIT_HOLD", None)  # the patch's default: one cycle
+    else:
+        env["HOROVOD_IDLE_WAIT_HOLD"] = hold_ms
     done = subprocess.run([sys.executable, "-c", _PROBE], env=env, capture_output=True,
                           text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-3000:]
@@ -70,12 +74,25 @@ def test_idle_wait_sleeps_while_idle_and_wakes_on_a_queued_tensor():
     assert waiting["median_allreduce_s"] < 0.02, waiting
 
 
+def test_the_hold_after_a_wake_up_is_the_one_asked_for():
+    # Woken by a queued tensor, the thread waits HOROVOD_IDLE_WAIT_HOLD ms before its first
+    # cycle: a 30 ms hold shows in every allreduce, a 0 ms hold leaves it well under that.
+    long_hold, no_hold = _probe("1", "30"), _probe("1", "0")
+    assert long_hold["median_allreduce_s"] >= 0.029, long_hold
+    assert no_hold["median_allreduce_s"] < 0.015, no_hold
+
+
 def test_workers_get_idle_wait_unless_the_user_set_it(monkeypatch):
     monkeypatch.delenv("HOROVOD_IDLE_WAIT", raising=False)
-    assert launcher._worker_env(mpi=True)["HOROVOD_IDLE_WAIT"] == "1"
-    assert launcher._worker_env(mpi=False)["HOROVOD_IDLE_WAIT"] == "1"
+    monkeypatch.delenv("HOROVOD_IDLE_WAIT_HOLD", raising=False)
+    for mpi in (True, False):
+        env = launcher._worker_env(mpi=mpi)
+        assert env["HOROVOD_IDLE_WAIT"] == "1"
+        assert env["HOROVOD_IDLE_WAIT_HOLD"] == "0.25"
     monkeypatch.setenv("HOROVOD_IDLE_WAIT", "0")
-    assert launcher._worker_env(mpi=False)["HOROVOD_IDLE_WAIT"] == "0"
+    monkeypatch.setenv("HOROVOD_IDLE_WAIT_HOLD", "1")
+    env = launcher._worker_env(mpi=False)
+    assert (env["HOROVOD_IDLE_WAIT"], env["HOROVOD_IDLE_WAIT_HOLD"]) == ("0", "1")
 
 
 # Two ranks under mpirun: both allreduce once, then rank 0 allreduces a tensor rank 1 never
