@@ -555,8 +555,9 @@ def _worker_env(mpi: bool = False) -> dict:
     queued instead of waking every millisecond on the core a rank computes on, and
     ``HOROVOD_IDLE_WAIT_HOLD=0.25``: woken by a step's first gradient, it waits 0.25 ms rather
     than a whole 1 ms cycle for the others before it negotiates, which ran the 2-rank MNIST
-    job 3 % faster here (README, "Horovod's idle wait"); a stock Horovod ignores both; a
-    user's own values are kept), and with MPI:
+    job 3.5 % faster on average in seven rounds by hand, though not in the one full benchmark
+    run (README, "Horovod's idle wait"); a stock Horovod ignores both; a user's own values are
+    kept), and with MPI:
 
     - Open MPI's yield-when-idle (a rank waiting in MPI gives its core back instead of spinning
       on it, which on a core shared with the rank's own compute thread costs that thread);
