@@ -64,9 +64,10 @@ setup(
         "spark": ["pyspark>=3.3,<4"],
         # Datasets on S3 (s3:// and s3a:// URIs); gs:// needs gcsfs, abfss:// adlfs instead.
         "s3": ["s3fs>=2023.1"],
-        # moto stands in for S3 in the tests; its server runs on Flask.
-        "test": ["pytest>=7", "databricks-sdk>=0.20,<1", "s3fs>=2023.1", "moto[s3]>=5",
-                 "flask", "flask-cors"],
+        # moto stands in for S3 in the tests; its server runs on Flask. pytest-timeout ends a
+        # stuck test (pytest.ini); psutil finds the job processes it left (tests/conftest.py).
+        "test": ["pytest>=7", "pytest-timeout>=2.1", "psutil>=5", "databricks-sdk>=0.20,<1",
+                 "s3fs>=2023.1", "moto[s3]>=5", "flask", "flask-cors"],
     },
     entry_points={
         "console_scripts": [

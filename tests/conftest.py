@@ -1,8 +1,12 @@
 """Shared fixtures: one local Spark session for the whole run, real MNIST from data/raw."""
 from __future__ import annotations
 
+import faulthandler
 import os
 import sys
+import threading
+import time
+import warnings
 from pathlib import Path
 
 import pytest
@@ -30,6 +34,101 @@ def _no_mlflow_state_leaks_between_tests():
         while mlflow.active_run() is not None:
             mlflow.end_run("KILLED")
         mlflow.set_tracking_uri(None)
+
+
+# What a training job starts outside the Spark JVM: mpirun, Open MPI's daemon, and Horovod's
+# rank launchers (under MPI and Gloo). None may outlive the test whose job started it.
+JOB_PROCESS_MARKERS = ("mpirun", "orted", "horovod.spark.task.", "horovod.spark.driver.")
+
+
+def job_processes() -> list:
+    """This test run's descendant processes that belong to a training job: (process, command)."""
+    import psutil
+
+    found = []
+    for proc in psutil.Process().children(recursive=True):
+        try:
+            command = " ".join(proc.cmdline())
+        except psutil.Error:  # ended while we looked: nothing left to clean up
+            continue
+        if any(marker in command for marker in JOB_PROCESS_MARKERS):
+            found.append((proc, command))
+    return found
+
+
+def describe_processes(found: list) -> str:
+    import psutil
+
+    lines = []
+    for proc, command in found:
+        try:
+            state = proc.status()
+        except psutil.Error:
+            state = "gone"
+        lines.append(f"  pid {proc.pid} ({state}): {command[:300]}")
+    return "\n".join(lines)
+
+
+@pytest.fixture(autouse=True)
+def _no_job_outlives_its_test():
+    """After each test: a job's processes that are still running 20 s after it (a test that
+    timed out, or a launcher that left one behind) are listed in a warning and killed, and
+    Spark jobs still running are cancelled, so one stuck test cannot take the next ones'
+    executor slots or cores."""
+    yield
+    deadline = time.time() + 20
+    leftovers = job_processes()
+    while leftovers and time.time() < deadline:
+        time.sleep(0.5)
+        leftovers = job_processes()
+    if leftovers:
+        import psutil
+
+        warnings.warn("killed training-job processes left running after the test:\n"
+                      + describe_processes(leftovers))
+        for proc, _ in leftovers:
+            try:
+                proc.kill()
+            except psutil.NoSuchProcess:
+                pass
+    if "pyspark" in sys.modules:
+        from pyspark import SparkContext
+
+        context = SparkContext._active_spark_context
+        if context is not None and context.statusTracker().getActiveJobsIds():
+            time.sleep(5)  # a job that was ending as the test did
+            active = context.statusTracker().getActiveJobsIds()
+            if active:
+                warnings.warn(f"cancelled Spark jobs left running after the test: {active}")
+                context.cancelAllJobs()
+
+
+# The CI run's limit is 90 minutes, set-up included. pytest.ini gives each test 15 minutes
+# (pytest-timeout); this is the backstop should a timed-out test's clean-up hang too: past
+# NNFUND_TEST_SESSION_LIMIT seconds (default 75 min) the run prints every thread's stack and
+# the job processes still running, then exits with status 3.
+SESSION_LIMIT = float(os.environ.get("NNFUND_TEST_SESSION_LIMIT", 75 * 60))
+
+
+def _end_a_stuck_session():
+    sys.stderr.write(f"\n\ntest run still going after {SESSION_LIMIT:.0f} s "
+                     f"(NNFUND_TEST_SESSION_LIMIT): every thread's stack, then exit 3\n")
+    faulthandler.dump_traceback(file=sys.stderr, all_threads=True)
+    try:
+        sys.stderr.write("job processes still running:\n"
+                         + describe_processes(job_processes()) + "\n")
+    finally:
+        sys.stderr.flush()
+        os._exit(3)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _session_backstop():
+    timer = threading.Timer(SESSION_LIMIT, _end_a_stuck_session)
+    timer.daemon = True
+    timer.start()
+    yield
+    timer.cancel()
 
 
 @pytest.fixture(scope="session")
