@@ -55,6 +55,7 @@ setup(
         "matplotlib>=3.5",
         "opencv-python-headless>=4.5",
         "scikit-learn>=1.0",       # the built-in `digits` source
+        "psutil>=5",               # the launcher's MPI teardown watch (Horovod needs it too)
     ],
     extras_require={
         # Pick one TensorFlow build. Databricks ML runtimes ship TF already: install with no extra.
@@ -65,8 +66,8 @@ setup(
         # Datasets on S3 (s3:// and s3a:// URIs); gs:// needs gcsfs, abfss:// adlfs instead.
         "s3": ["s3fs>=2023.1"],
         # moto stands in for S3 in the tests; its server runs on Flask. pytest-timeout ends a
-        # stuck test (pytest.ini); psutil finds the job processes it left (tests/conftest.py).
-        "test": ["pytest>=7", "pytest-timeout>=2.1", "psutil>=5", "databricks-sdk>=0.20,<1",
+        # stuck test (pytest.ini).
+        "test": ["pytest>=7", "pytest-timeout>=2.1", "databricks-sdk>=0.20,<1",
                  "s3fs>=2023.1", "moto[s3]>=5", "flask", "flask-cors"],
     },
     entry_points={

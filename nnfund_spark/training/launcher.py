@@ -2,6 +2,7 @@
 record the results and the model."""
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import re
@@ -14,6 +15,7 @@ from nnfund_spark.data.storage import Location, local_path, resolve
 from nnfund_spark.tracking.mlflow_utils import (quiet_model_loading, redact,
                                                 resolve_tracking_uri, run_tags,
                                                 start_job_run)
+from nnfund_spark.training.reaper import MpirunReaper
 
 log = logging.getLogger(__name__)
 
@@ -483,11 +485,14 @@ def run_training(spark, config: JobConfig, extra_settings: dict | None = None,
         # Horovod: one barrier task per rank; Gloo rendezvous through the driver, or mpirun.
         mpi = controller == "mpi"
         try:
-            results = horovod.spark.run(train_worker, args=(settings,),
-                                        num_proc=num_proc,
-                                        start_timeout=config.train.start_timeout,
-                                        use_gloo=not mpi, use_mpi=mpi, verbose=1,
-                                        env=_worker_env(mpi))
+            # Under MPI, what mpirun leaves running on the driver is killed 30 s after it
+            # ends, so a failed job is reported rather than waited on (reaper.py).
+            with MpirunReaper() if mpi else contextlib.nullcontext():
+                results = horovod.spark.run(train_worker, args=(settings,),
+                                            num_proc=num_proc,
+                                            start_timeout=config.train.start_timeout,
+                                            use_gloo=not mpi, use_mpi=mpi, verbose=1,
+                                            env=_worker_env(mpi))
         except Exception as exc:
             raise_worker_errors(run.info.run_id, tracking_uri, exc)
         wall = time.time() - started
